@@ -1,0 +1,34 @@
+# The two set-up commands of the README:
+#   make demo   install, then meta-train a model on the built-in synthetic log
+#   make test   install, then run every test (a real Kafka broker is started for them)
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "limaml needs Python 3.11 or newer"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: install
+	$(BIN)/limaml train --dataset synthetic --artifacts-dir artifacts
+	$(BIN)/limaml models --artifacts-dir artifacts
+
+# pytest exits 5 when it collects no test: that is a failure here, not a pass.
+test: install
+	bash deploy/kafka.sh fetch
+	$(BIN)/python -m pytest; status=$$?; \
+	  if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+bench: install
+	$(BIN)/python bench/adapt_throughput.py --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache artifacts

@@ -1,0 +1,88 @@
+"""The `limaml` command: a thin layer over the library's run functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from limaml.artifacts import ArtifactError, active_version, load_artifact, save_artifact, set_active
+from limaml.config import MODEL_TUNABLES, ModelConfig
+from limaml.settings import ConfigError, Section, add_arguments, resolve
+from limaml.train import TrainConfig
+
+log = logging.getLogger("limaml")
+
+TRAIN_SECTIONS = (Section.of("train", TrainConfig), Section.of("model", ModelConfig, MODEL_TUNABLES))
+
+
+def emit(result: dict[str, Any]) -> None:
+    """A command's result, as JSON on standard output (logs go to standard error)."""
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from limaml.adapters.registry import load_dataset
+    from limaml.artifacts import FeatureSchema
+    from limaml.train import meta_train, training_record
+
+    settings = resolve(TRAIN_SECTIONS, args.config, args)
+    config = TrainConfig(**settings["train"])
+    log_data = load_dataset(config.dataset)
+    log.info("dataset %s: %d events, %d members, %d items", log_data.name, log_data.n_events,
+             len(log_data.members) - 1, len(log_data.items) - 1)
+    model, metrics = meta_train(log_data, config, settings["model"], progress=not args.quiet)
+    version = save_artifact(config.artifacts_dir, model, FeatureSchema.from_log(log_data), metrics,
+                            training_record(config, log_data), activate=config.activate)
+    summary = {k: v for k, v in metrics.items() if k != "history"}
+    emit({"version": version, "artifacts_dir": str(config.artifacts_dir), **summary})
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    root: Path = args.artifacts_dir
+    if args.activate:
+        set_active(root, args.activate)
+    active = active_version(root)
+    artifact = load_artifact(root, active)
+    versions = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    emit({"active": active, "path": str(artifact.path), "versions": versions,
+          "metrics": {k: v for k, v in artifact.metrics.items() if k != "history"}})
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="limaml", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="meta-learn a model on an interaction log")
+    train.add_argument("--config", type=Path, help="TOML file with [train] and [model] tables")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_arguments(train, TRAIN_SECTIONS)
+    train.set_defaults(run=run_train)
+
+    models = commands.add_parser("models", help="list model versions; show or set the active one")
+    models.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"))
+    models.add_argument("--activate", metavar="VERSION", help="make VERSION the active model")
+    models.set_defaults(run=run_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except (ConfigError, ArtifactError, ValueError, FileNotFoundError) as error:
+        log.error("%s", error, exc_info=args.verbose)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""MAML meta-training of the meta block's initialisation and the global block.
+
+Each outer step samples one task per member of a batch (see `episodes`), adapts every
+member's meta block on its support set at once (`adaptation.adapt`), and minimises the
+adapted embeddings' loss on the query sets with respect to the meta block's
+initialisation, the global block and, with Meta-SGD, the inner step sizes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from limaml.adaptation import SupportBatch, adapt, adapted_embeddings, example_weights
+from limaml.config import ModelConfig
+from limaml.data import InteractionLog
+from limaml.episodes import Episodes, MemberHistories, holdout_episodes, sample_episodes
+from limaml.metrics import log_loss, roc_auc
+from limaml.model import LiMAML, meta_forward
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: str = "synthetic"  # see `limaml.adapters.registry.load_dataset`
+    artifacts_dir: Path = Path("artifacts")  # versions and the ACTIVE pointer live here
+    epochs: int = 8  # passes over the members, one task per member per pass
+    members_per_batch: int = 64  # tasks per outer step
+    support_size: int = 64  # K: most recent events a member is adapted on
+    query_size: int = 32  # Q: events after the cut the adapted embedding is scored on
+    outer_lr: float = 3e-3  # Adam learning rate of the outer loop
+    valid_fraction: float = 0.1  # newest fraction of events held out for metrics (0: none)
+    max_events: int = 0  # use only the first N events of the log (0: all), for quick runs
+    seed: int = 0
+    device: str = "auto"  # "auto" picks CUDA when present
+    activate: bool = True  # point ACTIVE at the new version
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(log_data: InteractionLog, tunables: dict[str, Any]) -> LiMAML:
+    """A fresh model whose input shapes come from the log and the rest from `tunables`."""
+    config = ModelConfig(
+        n_items=len(log_data.items),
+        item_feature_dim=len(log_data.item_feature_names),
+        context_dim=len(log_data.context_names),
+        member_field_cardinalities=tuple(
+            len(log_data.member_feature_vocabs[name]) for name in sorted(log_data.member_features)
+        ),
+        **tunables,
+    )
+    model = LiMAML(config)
+    with torch.no_grad():
+        model.global_block.item_features.copy_(torch.from_numpy(log_data.item_features))
+    return model
+
+
+def query_loss(model: LiMAML, embeddings: torch.Tensor, query: SupportBatch) -> torch.Tensor:
+    """Mean over members of each member's mean log-loss on its query set."""
+    logits = model.global_block(embeddings, query.items, query.context)  # [B, Q]
+    losses = F.binary_cross_entropy_with_logits(logits, query.labels, reduction="none")
+    return (losses * example_weights(query.mask)).sum() / len(query)
+
+
+def outer_step(model: LiMAML, optimizer: torch.optim.Optimizer, episodes: Episodes) -> float:
+    optimizer.zero_grad(set_to_none=True)
+    embeddings = meta_forward(adapt(model, episodes.support))  # [B, E]
+    loss = query_loss(model, embeddings, episodes.query)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def evaluate_holdout(model: LiMAML, episodes: Episodes, chunk: int = 1024) -> dict[str, float]:
+    """AUC and log-loss on the query events, with the prior and with adapted embeddings."""
+    scores: dict[str, list[np.ndarray]] = {"prior": [], "adapted": []}
+    labels: list[np.ndarray] = []
+    with torch.no_grad():
+        for start in range(0, len(episodes.support), chunk):
+            support = episodes.support.rows(start, start + chunk)
+            query = episodes.query.rows(start, start + chunk)
+            embeddings = {
+                "prior": model.meta_block(support.member_features),
+                "adapted": adapted_embeddings(model, support),
+            }
+            mask = query.mask.cpu().numpy()
+            for name, embedding in embeddings.items():
+                logits = model.global_block(embedding, query.items, query.context)
+                scores[name].append(torch.sigmoid(logits).cpu().numpy()[mask])
+            labels.append(query.labels.cpu().numpy()[mask])
+    y = np.concatenate(labels)
+    metrics: dict[str, float] = {"valid_events": float(y.size)}
+    for name, parts in scores.items():
+        p = np.concatenate(parts)
+        metrics[f"valid_auc_{name}"] = roc_auc(y, p)
+        metrics[f"valid_logloss_{name}"] = log_loss(y, p)
+    return metrics
+
+
+def meta_train(log_data: InteractionLog, config: TrainConfig, tunables: dict[str, Any],
+               progress: bool = True) -> tuple[LiMAML, dict[str, Any]]:
+    """Meta-train a model on `log_data`; return it with its metrics."""
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    if config.max_events:
+        log_data = log_data.subset(np.arange(log_data.n_events) < config.max_events)
+    holdout = None
+    train_log = log_data
+    if config.valid_fraction > 0:
+        split_ts = log_data.time_quantile(1.0 - config.valid_fraction)
+        train_log = log_data.subset(log_data.ts < split_ts)
+        holdout = holdout_episodes(log_data, MemberHistories.from_log(log_data), split_ts,
+                                   config.support_size, config.query_size, device)
+    histories = MemberHistories.from_log(train_log)
+    members = histories.active_members()
+    if members.size == 0:
+        raise ValueError(f"{log_data.name}: no training events before the validation split")
+
+    model = build_model(log_data, tunables).to(device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                 lr=config.outer_lr)
+    rng = np.random.default_rng(config.seed)
+    batches_per_epoch = -(-members.size // config.members_per_batch)
+    history: list[dict[str, float]] = []
+    bar = tqdm(total=config.epochs * batches_per_epoch, desc="meta-training", unit="batch",
+               disable=not progress)
+    for epoch in range(config.epochs):
+        model.train()
+        order = rng.permutation(members)
+        losses = []
+        for start in range(0, order.size, config.members_per_batch):
+            batch_members = order[start:start + config.members_per_batch]
+            episodes = sample_episodes(train_log, histories, batch_members, config.support_size,
+                                       config.query_size, rng, device)
+            losses.append(outer_step(model, optimizer, episodes))
+            bar.update()
+            bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses[-50:]):.4f}")
+        record = {"epoch": float(epoch + 1), "train_query_loss": float(np.mean(losses))}
+        if holdout is not None:
+            model.eval()
+            record.update(evaluate_holdout(model, holdout))
+        history.append(record)
+        log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in record.items()})
+    bar.close()
+    metrics: dict[str, Any] = dict(history[-1])
+    metrics.update({"history": history, "train_events": train_log.n_events,
+                    "train_members": int(members.size)})
+    return model.cpu().eval(), metrics
+
+
+def training_record(config: TrainConfig, log_data: InteractionLog) -> dict[str, Any]:
+    """The settings stored with an artifact, so a version says how it was made."""
+    record = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+    record["dataset_name"] = log_data.name
+    return record

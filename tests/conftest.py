@@ -1,0 +1,64 @@
+"""Shared fixtures: small models, support sets and logs built in-process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from limaml.adaptation import MemberSupport
+from limaml.adapters.synthetic import SyntheticConfig, generate_synthetic
+from limaml.config import ModelConfig
+from limaml.data import InteractionLog
+from limaml.model import LiMAML
+
+SHARED_ML100K = Path(__file__).resolve().parents[1].parent / "shared/datasets/ml-100k"
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    if not (SHARED_ML100K / "u.data").is_file():
+        pytest.skip(f"MovieLens 100K not found at {SHARED_ML100K}")
+    return SHARED_ML100K
+
+
+def small_config(**overrides) -> ModelConfig:
+    values = dict(n_items=50, item_feature_dim=4, context_dim=2, member_field_cardinalities=(5, 3),
+                  meta_dim=8, member_field_dim=4, meta_hidden=16, item_embedding_dim=8,
+                  global_hidden=(16, 8), inner_steps=3, inner_lr=0.3)
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def small_model(seed: int = 0, **overrides) -> LiMAML:
+    torch.manual_seed(seed)
+    model = LiMAML(small_config(**overrides))
+    with torch.no_grad():  # distinct step sizes, so a mix-up between parameters shows
+        for step_size in model.inner_lr.values():
+            if step_size.requires_grad:
+                step_size.uniform_(0.1, 0.5)
+        model.global_block.item_features.uniform_()
+    return model
+
+
+def random_members(model: LiMAML, sizes: list[int], seed: int = 0) -> list[MemberSupport]:
+    rng = np.random.default_rng(seed)
+    config = model.config
+    return [
+        MemberSupport(
+            features=np.array([rng.integers(0, c) for c in config.member_field_cardinalities],
+                              dtype=np.int64),
+            items=rng.integers(1, config.n_items, k),
+            labels=rng.integers(0, 2, k).astype(np.float32),
+            context=rng.normal(size=(k, config.context_dim)).astype(np.float32),
+        )
+        for k in sizes
+    ]
+
+
+@pytest.fixture(scope="session")
+def synthetic_log() -> InteractionLog:
+    """A small synthetic log with strong personal taste, so adaptation has signal to find."""
+    return generate_synthetic(SyntheticConfig(n_members=400, n_items=150, seed=7)).log

@@ -1,0 +1,189 @@
+"""Fixtures for tests against a real Apache Kafka broker.
+
+``kafka_bootstrap`` is the bootstrap address of a running broker for the whole session:
+
+* if ``KAFKA_BOOTSTRAP`` is set (CI, or a broker you started yourself with
+  ``deploy/kafka.sh start``), that broker is used and left running;
+* otherwise ``deploy/kafka.sh start`` starts a private single-node KRaft broker on a free
+  port with a temporary data dir, and ``deploy/kafka.sh stop`` ends it after the session.
+  The first run downloads the jars (``deploy/kafka.sh fetch``, a few seconds).
+
+``kafka_topic_factory`` creates uniquely named topics and returns once they are usable.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+KAFKA_SH = REPO_ROOT / "deploy" / "kafka.sh"
+
+# Generous: covers a cold jar download plus a broker start on a busy 2-core CI runner.
+START_TIMEOUT_S = 300
+STOP_TIMEOUT_S = 60
+TOPIC_READY_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class KafkaBroker:
+    """The session's broker: its address and, when this session started it, its data dir."""
+
+    bootstrap: str
+    data_dir: Path | None  # None: an external broker named by KAFKA_BOOTSTRAP
+
+
+def run_kafka_sh(*args: str, timeout: float = START_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    """Run deploy/kafka.sh with the given arguments, capturing its output."""
+    return subprocess.run(
+        ["bash", str(KAFKA_SH), *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _free_port_pair() -> int:
+    """A loopback port P such that P and P+1 (the controller port) are both free now."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 1 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free pair of loopback ports found")
+
+
+def _bootstrap_from(output: str) -> str:
+    for line in output.splitlines():
+        if line.startswith("KAFKA_BOOTSTRAP="):
+            return line.split("=", 1)[1].strip()
+    raise RuntimeError(f"deploy/kafka.sh start printed no KAFKA_BOOTSTRAP line:\n{output}")
+
+
+def _wait_for_cluster(bootstrap: str, timeout_s: float = 30.0) -> None:
+    """Fail fast, with a clear message, when an external broker is not reachable."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        metadata = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise RuntimeError(f"no Kafka broker answers at KAFKA_BOOTSTRAP={bootstrap}: {exc}") from exc
+    if not metadata.brokers:
+        raise RuntimeError(f"Kafka at {bootstrap} reports no brokers")
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    external = os.environ.get("KAFKA_BOOTSTRAP", "").strip()
+    if external:
+        _wait_for_cluster(external)
+        yield KafkaBroker(bootstrap=external, data_dir=None)
+        return
+
+    data_dir = tmp_path_factory.mktemp("kafka")
+    # Another process may grab the port between our probe and the broker's bind:
+    # kafka.sh then refuses to start ("port ... is in use"), and we try another port.
+    for _attempt in range(3):
+        port = _free_port_pair()
+        result = run_kafka_sh("start", "--data-dir", str(data_dir), "--port", str(port))
+        if result.returncode == 0 or "in use" not in result.stderr:
+            break
+    if result.returncode != 0:
+        pytest.fail(f"deploy/kafka.sh start failed:\n{result.stderr}", pytrace=False)
+
+    try:
+        yield KafkaBroker(bootstrap=_bootstrap_from(result.stdout), data_dir=data_dir)
+    finally:
+        stop = run_kafka_sh("stop", "--data-dir", str(data_dir), timeout=STOP_TIMEOUT_S)
+        if stop.returncode != 0:
+            raise RuntimeError(f"deploy/kafka.sh stop failed:\n{stop.stderr}")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: KafkaBroker) -> str:
+    """``bootstrap.servers`` of the session's Kafka broker, e.g. ``127.0.0.1:9092``."""
+    return kafka_broker.bootstrap
+
+
+def wait_for_topics(admin: AdminClient, names: list[str], timeout_s: float = TOPIC_READY_TIMEOUT_S) -> None:
+    """Poll the cluster metadata until every topic exists and each partition has a leader."""
+    deadline = time.monotonic() + timeout_s
+    pending = set(names)
+    while True:
+        metadata = admin.list_topics(timeout=max(1.0, deadline - time.monotonic()))
+        for name in list(pending):
+            topic = metadata.topics.get(name)
+            if (
+                topic is not None
+                and topic.error is None
+                and topic.partitions
+                and all(p.error is None and p.leader >= 0 for p in topic.partitions.values())
+            ):
+                pending.discard(name)
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"topics not ready after {timeout_s} s: {sorted(pending)}")
+        time.sleep(0.05)
+
+
+TopicFactory = Callable[..., str]
+
+
+@pytest.fixture
+def kafka_topic_factory(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Iterator[TopicFactory]:
+    """Create uniquely named topics; they are deleted when the test ends.
+
+    ``kafka_topic_factory(prefix="t", partitions=1, replication_factor=1, config=None)``
+    returns the topic name once the topic exists and all its partitions have leaders.
+    Names are ``<prefix>.<test name>.<random>``, so tests never share a topic.
+    """
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    created: list[str] = []
+
+    def create(
+        prefix: str = "test",
+        *,
+        partitions: int = 1,
+        replication_factor: int = 1,
+        config: dict[str, str] | None = None,
+    ) -> str:
+        test_name = "".join(c if c.isalnum() or c in "-_" else "-" for c in request.node.name)[:80]
+        name = f"{prefix}.{test_name}.{uuid.uuid4().hex[:12]}"
+        futures = admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=replication_factor, config=config or {})],
+            operation_timeout=TOPIC_READY_TIMEOUT_S,
+        )
+        futures[name].result(timeout=TOPIC_READY_TIMEOUT_S)
+        created.append(name)
+        wait_for_topics(admin, [name])
+        return name
+
+    yield create
+
+    if created:
+        for future in admin.delete_topics(created, operation_timeout=TOPIC_READY_TIMEOUT_S).values():
+            try:
+                future.result(timeout=TOPIC_READY_TIMEOUT_S)
+            except KafkaException as exc:
+                # The test may have deleted it itself.
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise

@@ -1,0 +1,91 @@
+"""The `limaml` command end to end, and configuration precedence."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from limaml.artifacts import active_version, load_artifact
+from limaml.cli import TRAIN_SECTIONS, build_parser, main
+from limaml.settings import ConfigError, resolve
+
+LIMAML = Path(sys.executable).parent / "limaml"
+
+
+def test_train_on_a_movielens_slice_writes_an_active_artifact(ml100k_dir: Path, tmp_path: Path) -> None:
+    artifacts = tmp_path / "artifacts"
+    result = subprocess.run(
+        [str(LIMAML), "train", "--dataset", f"movielens:{ml100k_dir}", "--artifacts-dir", str(artifacts),
+         "--max-events", "20000", "--epochs", "2", "--meta-dim", "16", "--quiet"],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["version"] == active_version(artifacts)
+    assert summary["train_events"] < 20000 and 0.5 < summary["valid_auc_adapted"] < 1.0
+    artifact = load_artifact(artifacts)
+    assert artifact.model.config.meta_dim == 16
+    assert artifact.training["dataset"] == f"movielens:{ml100k_dir}"
+    assert len(artifact.schema.items) == 1683  # 1,682 movies and the OOV slot
+
+
+def test_models_command_lists_and_activates_versions(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for _ in range(2):
+        assert main(["train", "--dataset", "synthetic:n_members=60,n_items=30,seed=1", "--epochs", "1",
+                     "--artifacts-dir", str(tmp_path), "--quiet"]) == 0
+    capsys.readouterr()
+    versions = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert main(["models", "--artifacts-dir", str(tmp_path), "--activate", versions[0]]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert listing["active"] == versions[0] and listing["versions"] == versions
+
+
+def test_bad_input_fails_with_a_message_not_a_traceback(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert main(["train", "--dataset", "nonsense", "--artifacts-dir", str(tmp_path)]) == 2
+    assert "accepted forms" in caplog.text
+    assert main(["train", "--dataset", f"movielens:{tmp_path / 'missing'}"]) == 2
+    assert main(["train", "--epochs", "many"]) == 2
+    assert "invalid value 'many' for 'epochs'" in caplog.text
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["train", *argv])
+
+
+def test_precedence_is_defaults_then_file_then_environment_then_command_line(tmp_path: Path) -> None:
+    config_file = tmp_path / "limaml.toml"
+    config_file.write_text('[train]\nepochs = 3\nseed = 5\n[model]\nmeta_dim = 12\nglobal_hidden = [64, 32]\n')
+    environ = {"LIMAML_TRAIN_SEED": "6", "LIMAML_MODEL_FIRST_ORDER": "true"}
+    settings = resolve(TRAIN_SECTIONS, config_file, parse("--seed", "7"), environ)
+    assert settings["train"]["epochs"] == 3  # file
+    assert settings["train"]["seed"] == 7  # command line beats environment beats file
+    assert settings["train"]["outer_lr"] == 3e-3  # default
+    assert settings["model"]["meta_dim"] == 12 and settings["model"]["global_hidden"] == (64, 32)
+    assert settings["model"]["first_order"] is True  # environment
+    assert settings["train"]["artifacts_dir"] == Path("artifacts")
+
+
+def test_configuration_errors_say_what_is_wrong(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nepochz = 3\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['epochz'\] in \[train\]"):
+        resolve(TRAIN_SECTIONS, bad, None, {})
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve(TRAIN_SECTIONS, tmp_path / "absent.toml", None, {})
+    with pytest.raises(ConfigError, match="LIMAML_MODEL_LEARNED_INNER_LR"):
+        resolve(TRAIN_SECTIONS, None, None, {"LIMAML_MODEL_LEARNED_INNER_LR": "maybe"})
+    bad.write_text("[train\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        resolve(TRAIN_SECTIONS, bad, None, {})
+
+
+def test_help_text_comes_from_the_field_comments(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "K: most recent events a member is adapted on" in text
+    assert "LIMAML_MODEL_META_DIM" in text
