@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -10,14 +11,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from limaml.adapters import replay
 from limaml.artifacts import ArtifactError, active_version, load_artifact, save_artifact, set_active
 from limaml.config import MODEL_TUNABLES, ModelConfig
 from limaml.settings import ConfigError, Section, add_arguments, resolve
+from limaml.stream.config import AdaptConfig, StreamConfig
+from limaml.topics import KafkaConfig
 from limaml.train import TrainConfig
 
 log = logging.getLogger("limaml")
 
 TRAIN_SECTIONS = (Section.of("train", TrainConfig), Section.of("model", ModelConfig, MODEL_TUNABLES))
+REPLAY_SECTIONS = (Section.of("kafka", KafkaConfig), Section.of("replay", replay.ReplayConfig))
+WORKER_SECTIONS = {"stream": (Section.of("kafka", KafkaConfig), Section.of("stream", StreamConfig)),
+                   "adapt": (Section.of("kafka", KafkaConfig), Section.of("adapt", AdaptConfig))}
 
 
 def emit(result: dict[str, Any]) -> None:
@@ -43,6 +50,27 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_replay(args: argparse.Namespace) -> int:
+    settings = resolve(REPLAY_SECTIONS, args.config, args)
+    report = replay.run_replay(KafkaConfig(**settings["kafka"]), replay.ReplayConfig(**settings["replay"]),
+                               progress=not args.quiet)
+    emit(dataclasses.asdict(report))
+    return 0 if report.failed == 0 and not report.interrupted else 1
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from limaml.stream.run import run_adapt_worker, run_stream_worker
+
+    kind = args.command
+    settings = resolve(WORKER_SECTIONS[kind], args.config, args)
+    kafka = KafkaConfig(**settings["kafka"])
+    if kind == "stream":
+        run_stream_worker(kafka, StreamConfig(**settings["stream"]), args.worker_id)
+    else:
+        run_adapt_worker(kafka, AdaptConfig(**settings["adapt"]), args.worker_id)
+    return 0
+
+
 def run_models(args: argparse.Namespace) -> int:
     root: Path = args.artifacts_dir
     if args.activate:
@@ -65,6 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     add_arguments(train, TRAIN_SECTIONS)
     train.set_defaults(run=run_train)
+
+    replay_log = commands.add_parser("replay", help="stream an interaction log into the interactions topic")
+    replay_log.add_argument("--config", type=Path, help="TOML file with a [replay] table")
+    replay_log.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_arguments(replay_log, REPLAY_SECTIONS)
+    replay_log.set_defaults(run=run_replay)
+
+    for kind, text in (("stream", "run a stream worker: validate, keep support sets, trigger"),
+                       ("adapt", "run an adaptation worker: batched inner loop, write embeddings")):
+        worker = commands.add_parser(kind, help=text)
+        worker.add_argument("--config", type=Path, help="TOML file with [kafka] and [%s] tables" % kind)
+        worker.add_argument("--worker-id", default="0", help="names this worker's state directory")
+        add_arguments(worker, WORKER_SECTIONS[kind])
+        worker.set_defaults(run=run_worker)
 
     models = commands.add_parser("models", help="list model versions; show or set the active one")
     models.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"))

@@ -1,8 +1,38 @@
-"""Kafka topic names of the data contracts, under a configurable prefix."""
+"""Kafka connection settings, the topics of the data contracts, and their creation.
+
+Every topic keyed by member_id has the same number of partitions and every producer uses
+Kafka's default (murmur2) partitioner, so one worker owns all of a member's records and
+table rows. Kafka would auto-create a missing topic with the broker's default partition
+count on first use, so the workers and the replay producer create them first.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+log = logging.getLogger(__name__)
+
+PRODUCER_PARTITIONER = "murmur2_random"
+"""confluent-kafka's name for the Java client's partitioner, which Faust (aiokafka) uses too."""
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap: str = "127.0.0.1:9092"  # Kafka bootstrap servers, host:port[,host:port]
+    topic_prefix: str = "limaml"  # every topic name starts with this
+    partitions: int = 4  # partitions of each limaml topic: the most workers of one kind
+    replication_factor: int = 1  # 3 on a production cluster
+
+    @property
+    def faust_broker(self) -> str:
+        return ";".join(f"kafka://{server.strip()}" for server in self.bootstrap.split(","))
+
+
 
 
 @dataclass(frozen=True)
@@ -28,3 +58,45 @@ class TopicNames:
     def meta_embeddings(self) -> str:
         """Compacted: the latest meta embedding of each member."""
         return f"{self.prefix}.meta-embeddings"
+
+
+def topic_specs(config: KafkaConfig) -> dict[str, dict[str, str]]:
+    """Topic name -> its Kafka config."""
+    names = TopicNames(config.topic_prefix)
+    return {
+        names.interactions: {},
+        names.dead_letters: {},
+        names.adapt_requests: {},
+        names.meta_embeddings: {"cleanup.policy": "compact"},  # the latest embedding per member
+    }
+
+
+def ensure_topics(config: KafkaConfig, timeout_s: float = 30.0) -> None:
+    """Create missing topics; fail if an existing one has another partition count."""
+    admin = AdminClient({"bootstrap.servers": config.bootstrap})
+    existing = admin.list_topics(timeout=timeout_s).topics
+    specs = topic_specs(config)
+    missing = [NewTopic(name, num_partitions=config.partitions,
+                        replication_factor=config.replication_factor, config=settings)
+               for name, settings in specs.items() if name not in existing]
+    for name, future in (admin.create_topics(missing) if missing else {}).items():
+        try:
+            future.result(timeout=timeout_s)
+            log.info("created topic %s with %d partitions", name, config.partitions)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another process won
+                raise
+    deadline = time.monotonic() + timeout_s
+    while True:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        if all(name in topics and not topics[name].error for name in specs):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics {sorted(specs)} not ready after {timeout_s} s")
+        time.sleep(0.1)
+    wrong = {name: len(topics[name].partitions) for name in specs
+             if len(topics[name].partitions) != config.partitions}
+    if wrong:
+        raise ValueError(f"topics {wrong} do not have {config.partitions} partitions: members "
+                         "would not be co-partitioned. Use the same --partitions everywhere, "
+                         "or recreate the topics.")

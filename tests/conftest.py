@@ -9,9 +9,7 @@ import pytest
 import torch
 
 from limaml.adaptation import MemberSupport
-from limaml.adapters.synthetic import SyntheticConfig, generate_synthetic
 from limaml.config import ModelConfig
-from limaml.data import InteractionLog
 from limaml.model import LiMAML
 
 SHARED_ML100K = Path(__file__).resolve().parents[1].parent / "shared/datasets/ml-100k"
@@ -56,9 +54,3 @@ def random_members(model: LiMAML, sizes: list[int], seed: int = 0) -> list[Membe
         )
         for k in sizes
     ]
-
-
-@pytest.fixture(scope="session")
-def synthetic_log() -> InteractionLog:
-    """A small synthetic log with strong personal taste, so adaptation has signal to find."""
-    return generate_synthetic(SyntheticConfig(n_members=400, n_items=150, seed=7)).log
