@@ -14,6 +14,8 @@ from typing import Any
 from limaml.adapters import replay
 from limaml.artifacts import ArtifactError, active_version, load_artifact, save_artifact, set_active
 from limaml.config import MODEL_TUNABLES, ModelConfig
+from limaml.evaluation.config import (EVAL_DEFAULTS, EVAL_TRAIN_FIELDS, QUICK, AblationConfig,
+                                      BaselineConfig, EvalConfig, with_defaults)
 from limaml.settings import ConfigError, Section, add_arguments, resolve
 from limaml.stream.config import AdaptConfig, StreamConfig
 from limaml.topics import KafkaConfig
@@ -25,6 +27,10 @@ TRAIN_SECTIONS = (Section.of("train", TrainConfig), Section.of("model", ModelCon
 REPLAY_SECTIONS = (Section.of("kafka", KafkaConfig), Section.of("replay", replay.ReplayConfig))
 WORKER_SECTIONS = {"stream": (Section.of("kafka", KafkaConfig), Section.of("stream", StreamConfig)),
                    "adapt": (Section.of("kafka", KafkaConfig), Section.of("adapt", AdaptConfig))}
+EVAL_SECTIONS = with_defaults(
+    (Section.of("eval", EvalConfig), Section.of("train", TrainConfig, EVAL_TRAIN_FIELDS),
+     Section.of("model", ModelConfig, MODEL_TUNABLES), Section.of("baselines", BaselineConfig)), EVAL_DEFAULTS)
+ABLATE_SECTIONS = (*EVAL_SECTIONS[:3], Section.of("ablation", AblationConfig))
 
 
 def emit(result: dict[str, Any]) -> None:
@@ -47,6 +53,33 @@ def run_train(args: argparse.Namespace) -> int:
                             training_record(config, log_data), activate=config.activate)
     summary = {k: v for k, v in metrics.items() if k != "history"}
     emit({"version": version, "artifacts_dir": str(config.artifacts_dir), **summary})
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from limaml.evaluation.runner import run_evaluation
+
+    settings = resolve(with_defaults(EVAL_SECTIONS, QUICK) if args.quick else EVAL_SECTIONS, args.config, args)
+    config = EvalConfig(**settings["eval"])
+    results = run_evaluation(config, settings["train"], settings["model"],
+                             BaselineConfig(**settings["baselines"]), progress=not args.quiet)
+    emit({"report": str(config.out_dir / "report.md"),
+          "auc": {system: buckets["all"]["auc"] for system, buckets in results.items()}})
+    return 0
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    from limaml.evaluation.ablation import run_ablation
+
+    settings = resolve(with_defaults(ABLATE_SECTIONS, QUICK) if args.quick else ABLATE_SECTIONS, args.config,
+                       args)
+    config = EvalConfig(**settings["eval"])
+    results = run_ablation(config, AblationConfig(**settings["ablation"]), settings["train"],
+                           settings["model"], progress=not args.quiet)
+    emit({"report": str(config.out_dir / "ablation.md"),
+          "streaming_auc": {factor: {value: summary["limaml_streaming"]["all"]["auc"]
+                                     for value, summary in values.items()}
+                            for factor, values in results.items()}})
     return 0
 
 
@@ -93,6 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     add_arguments(train, TRAIN_SECTIONS)
     train.set_defaults(run=run_train)
+
+    for name, sections, run, text in (
+            ("eval", EVAL_SECTIONS, run_eval, "offline evaluation: LiMAML refresh policies against baselines"),
+            ("ablate", ABLATE_SECTIONS, run_ablate, "LiMAML ablations: inner steps, meta_dim, order, K")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--config", type=Path,
+                             help="TOML file with " + ", ".join(f"[{s.name}]" for s in sections) + " tables")
+        command.add_argument("--quick", action="store_true",
+                             help="fewer seeds, epochs and variants: minutes on two CPU cores")
+        command.add_argument("--quiet", action="store_true", help="no progress bars")
+        add_arguments(command, sections)
+        command.set_defaults(run=run)
 
     replay_log = commands.add_parser("replay", help="stream an interaction log into the interactions topic")
     replay_log.add_argument("--config", type=Path, help="TOML file with a [replay] table")

@@ -27,6 +27,22 @@ class KafkaConfig:
     topic_prefix: str = "limaml"  # every topic name starts with this
     partitions: int = 4  # partitions of each limaml topic: the most workers of one kind
     replication_factor: int = 1  # 3 on a production cluster
+    session_timeout_s: float = 10.0  # a worker silent this long loses its partitions to the others
+
+    def faust_app_id(self, role: str) -> str:
+        """Consumer group and changelog-topic namespace of a worker kind, under the prefix."""
+        return f"{self.topic_prefix}-{role}"
+
+    def faust_settings(self) -> dict[str, object]:
+        """The Faust settings every limaml worker shares."""
+        return {
+            "broker": self.faust_broker,
+            "topic_partitions": self.partitions,
+            "topic_replication_factor": self.replication_factor,
+            "broker_session_timeout": self.session_timeout_s,
+            "broker_heartbeat_interval": self.session_timeout_s / 5,
+            "consumer_auto_offset_reset": "earliest",
+        }
 
     @property
     def faust_broker(self) -> str:
@@ -53,6 +69,11 @@ class TopicNames:
     def adapt_requests(self) -> str:
         """Support-set snapshots to adapt, keyed by member_id."""
         return f"{self.prefix}.adapt-requests"
+
+    @property
+    def stale_checks(self) -> str:
+        """Internal to the stream workers: a timer's request to re-check a waiting member."""
+        return f"{self.prefix}.stream-stale-checks"
 
     @property
     def meta_embeddings(self) -> str:

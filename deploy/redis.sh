@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# deploy/redis.sh: a local Redis server, the production-style Feast online store, for
+# development, the tests and the benchmarks. Needs redis-server on PATH
+# (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis).
+#
+#   deploy/redis.sh start  [--data-dir DIR] [--port PORT]
+#   deploy/redis.sh stop   [--data-dir DIR]
+#   deploy/redis.sh status [--data-dir DIR]
+#
+# `start` prints one line on stdout, REDIS_URL=redis://127.0.0.1:PORT/0, so
+#   export "$(deploy/redis.sh start)"
+# sets a URL for FeatureStoreConfig.online_store. Everything else goes to stderr.
+#
+# Layout of a data dir (default $PWD/.cache/redis):
+#   redis.port   the port it was started on, kept for stop/status
+#   redis.pid    pid of the running server
+#   redis.log    the server's log
+#   appendonly*  the append-only file, when persistence is on
+#
+# Loopback only, protected mode on, no password: a development server, not a deployment.
+#
+# Environment knobs (all optional):
+#   LIMAML_REDIS_DIR            data dir                            (default $PWD/.cache/redis)
+#   LIMAML_REDIS_PORT           port                                (default 6379)
+#   LIMAML_REDIS_APPENDONLY     yes|no: keep the data across restarts (default yes)
+#   LIMAML_REDIS_MAXMEMORY      maxmemory, e.g. 2gb                 (default 0 = no limit)
+#   LIMAML_REDIS_START_TIMEOUT  seconds to wait for readiness       (default 20)
+#   LIMAML_REDIS_STOP_TIMEOUT   seconds to wait after SIGTERM before SIGKILL (default 20)
+set -euo pipefail
+
+HOST=127.0.0.1
+REDIS_SERVER="${REDIS_SERVER:-redis-server}"
+
+log() { printf 'redis.sh: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+usage() {
+    sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//' >&2
+}
+
+parse_opts() {
+    DATA_DIR="${LIMAML_REDIS_DIR:-$PWD/.cache/redis}"
+    OPT_PORT=""
+    while (($#)); do
+        case $1 in
+            --data-dir) DATA_DIR=${2:?--data-dir needs a value}; shift 2 ;;
+            --port) OPT_PORT=${2:?--port needs a value}; shift 2 ;;
+            *) die "unknown option $1" ;;
+        esac
+    done
+    PORT=${OPT_PORT:-${LIMAML_REDIS_PORT:-6379}}
+    [[ $PORT =~ ^[0-9]+$ ]] && ((PORT > 0 && PORT < 65536)) || die "port $PORT out of range"
+}
+
+# The port the server in DATA_DIR was started on (stop and status use that one).
+saved_port() { [[ -f $DATA_DIR/redis.port ]] && cat "$DATA_DIR/redis.port"; }
+
+# The pid of our server if it is running, else nothing (and a stale pid file is removed).
+# The command line is checked too, so a recycled pid is not mistaken for ours.
+server_pid() {
+    local pidfile=$DATA_DIR/redis.pid pid port
+    [[ -f $pidfile ]] || return 0
+    pid=$(<"$pidfile")
+    port=$(saved_port || true)
+    if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null \
+        && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "redis-server $HOST:$port"; then
+        echo "$pid"
+    else
+        rm -f "$pidfile"
+    fi
+}
+
+# PING over the RESP protocol; a ready server (data loaded) answers +PONG.
+ping_ok() {
+    local reply
+    { exec 8<>"/dev/tcp/$HOST/$1"; } 2>/dev/null || return 1
+    printf 'PING\r\n' >&8 2>/dev/null || { exec 8<&-; return 1; }
+    reply=$(timeout 1 head -c 5 <&8) || true
+    exec 8<&-
+    [[ $reply == "+PONG" ]]
+}
+
+port_in_use() { (exec 8<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+cmd_start() {
+    parse_opts "$@"
+    command -v "$REDIS_SERVER" >/dev/null 2>&1 || die "redis-server not found on PATH (apt-get install redis-server)"
+    mkdir -p "$DATA_DIR"
+    DATA_DIR=$(cd "$DATA_DIR" && pwd)
+    local pid
+    pid=$(server_pid)
+    if [[ -n $pid ]]; then
+        [[ $PORT == "$(saved_port)" || -z $OPT_PORT ]] \
+            || die "already running in $DATA_DIR on port $(saved_port); stop it first"
+        PORT=$(saved_port)
+    else
+        port_in_use "$PORT" && die "port $PORT is in use by another process"
+        echo "$PORT" >"$DATA_DIR/redis.port"
+        log "starting redis-server on $HOST:$PORT in $DATA_DIR"
+        "$REDIS_SERVER" --bind "$HOST" --port "$PORT" --protected-mode yes \
+            --daemonize yes --pidfile "$DATA_DIR/redis.pid" --logfile "$DATA_DIR/redis.log" \
+            --dir "$DATA_DIR" --save "" --appendonly "${LIMAML_REDIS_APPENDONLY:-yes}" \
+            --maxmemory "${LIMAML_REDIS_MAXMEMORY:-0}" \
+            || die "redis-server failed to start; see $DATA_DIR/redis.log"
+    fi
+    local deadline=$((SECONDS + ${LIMAML_REDIS_START_TIMEOUT:-20}))
+    until ping_ok "$PORT"; do
+        if ((SECONDS >= deadline)); then
+            [[ -f $DATA_DIR/redis.log ]] && tail -n 20 "$DATA_DIR/redis.log" >&2
+            cmd_stop --data-dir "$DATA_DIR"
+            die "redis-server did not answer PING on $HOST:$PORT in time"
+        fi
+        sleep 0.1
+    done
+    echo "REDIS_URL=redis://$HOST:$PORT/0"
+}
+
+cmd_stop() {
+    parse_opts "$@"
+    local pid deadline
+    pid=$(server_pid)
+    [[ -n $pid ]] || { log "not running ($DATA_DIR)"; return 0; }
+    kill -TERM "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + ${LIMAML_REDIS_STOP_TIMEOUT:-20}))
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "pid $pid still up after SIGTERM; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$DATA_DIR/redis.pid"
+    log "stopped"
+}
+
+# Exit 0: running and answering; 1: running, not answering; 3: stopped.
+cmd_status() {
+    parse_opts "$@"
+    local pid port
+    pid=$(server_pid)
+    [[ -n $pid ]] || { echo "stopped ($DATA_DIR)"; exit 3; }
+    port=$(saved_port)
+    if ping_ok "$port"; then
+        echo "running, pid $pid, REDIS_URL=redis://$HOST:$port/0"
+    else
+        echo "running, pid $pid, $HOST:$port not answering"
+        exit 1
+    fi
+}
+
+main() {
+    local cmd=${1:-}
+    (($#)) && shift
+    case $cmd in
+        start) cmd_start "$@" ;;
+        stop) cmd_stop "$@" ;;
+        status) cmd_status "$@" ;;
+        -h | --help | help) usage ;;
+        *) usage; exit 2 ;;
+    esac
+}
+
+main "$@"

@@ -1,0 +1,147 @@
+"""The adaptation workers: Faust app "limaml-adapt".
+
+Stateless: a request carries the member's support set, the worker holds only the active
+model. It takes adapt requests in micro-batches, adapts every member of a batch at once
+with the batched engine (off the event loop, on CUDA when present), writes the embeddings
+to the Feast online store in one push, and publishes them on the compacted
+`meta-embeddings` topic, which also tells the stream workers the request was answered.
+A crash loses nothing: Kafka redelivers uncommitted requests, and the writer never lets a
+redelivered or late request replace a newer embedding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import faust
+from aiohttp.web import Response
+from faust.web import Request, View
+
+from limaml.active_model import ActiveModel, ServedModel
+from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
+from limaml.featurestore.embeddings import EmbeddingWriter, MemberEmbedding
+from limaml.featurestore.profiles import read_member_profiles
+from limaml.stream.config import AdaptConfig
+from limaml.stream.metrics import AdaptMetrics
+from limaml.stream.records import AdaptRequest, MetaEmbedding
+from limaml.topics import KafkaConfig, TopicNames
+
+log = logging.getLogger(__name__)
+
+
+def newest_requests(requests: list[AdaptRequest]) -> list[AdaptRequest]:
+    """One request per member, the one with the highest seq (a batch may hold several)."""
+    newest: dict[str, AdaptRequest] = {}
+    for request in requests:
+        kept = newest.get(request.member_id)
+        if kept is None or request.seq > kept.seq:
+            newest[request.member_id] = request
+    return list(newest.values())
+
+
+class BatchAdapter:
+    """The blocking part of a micro-batch, run in the worker's single adaptation thread."""
+
+    def __init__(self, model: ActiveModel, feast: FeatureStoreConfig) -> None:
+        self.model = model
+        self.feast = feast
+        self._store: Any = None
+        self._writer: EmbeddingWriter | None = None
+        self._store_for: str | None = None
+
+    def _open(self, served: ServedModel) -> tuple[Any, EmbeddingWriter]:
+        """The store, re-opened when a model version reads other profile fields."""
+        fields = ",".join(served.artifact.schema.member_fields)
+        if self._store is None or self._store_for != fields:
+            self._store = open_feature_store(FeatureStoreConfig(
+                repo_dir=self.feast.repo_dir, online_store=self.feast.online_store,
+                project=self.feast.project, profile_fields=fields))
+            self._writer = EmbeddingWriter(self._store, served.artifact.model.config.meta_dim)
+            self._store_for = fields
+        assert self._writer is not None
+        return self._store, self._writer
+
+    def __call__(self, requests: list[AdaptRequest]) -> tuple[list[MemberEmbedding], int]:
+        """Adapt and store; returns the embeddings written (not superseded) and how many were not."""
+        served = self.model.current
+        store, writer = self._open(served)
+        member_ids = [r.member_id for r in requests]
+        profiles = read_member_profiles(store, member_ids)
+        encoder = served.encoder
+        supports = [
+            encoder.support(profiles.get(r.member_id), [e.item_id for e in r.examples],
+                            [e.label for e in r.examples], [e.context for e in r.examples])
+            for r in requests
+        ]
+        vectors = served.engine.adapt_members(supports)  # [B, E]
+        adapted_at = int(time.time() * 1000)
+        embeddings = [
+            MemberEmbedding(member_id=r.member_id, vector=vector, model_version=served.version,
+                            seq=r.seq, support_size=len(r.examples),
+                            newest_event_ts=max((e.ts for e in r.examples), default=0),
+                            adapted_at=adapted_at)
+            for r, vector in zip(requests, vectors)
+        ]
+        written = writer.write(embeddings)
+        return written, len(embeddings) - len(written)
+
+
+def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, worker_id: str = "0") -> faust.App:
+    names = TopicNames(kafka.topic_prefix)
+    metrics = AdaptMetrics()
+    (config.data_dir / worker_id).mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        kafka.faust_app_id("adapt"),
+        store="memory://",  # stateless: no tables
+        datadir=str(config.data_dir / worker_id),
+        web_bind=config.web_bind,
+        web_port=config.web_port,
+        web_host=config.web_bind,
+        **kafka.faust_settings(),
+    )
+    requests_topic = app.topic(names.adapt_requests, key_type=str, value_type=AdaptRequest,
+                               key_serializer="raw")
+    embeddings_topic = app.topic(names.meta_embeddings, key_type=str, value_type=MetaEmbedding,
+                                 key_serializer="raw")
+    model = ActiveModel(config.artifacts_dir, config.device, config.compile)
+    adapter = BatchAdapter(model, FeatureStoreConfig(repo_dir=config.feast_dir,
+                                                     online_store=config.online_store))
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="limaml-adapt")
+
+    @app.agent(requests_topic)
+    async def adapt(stream: faust.StreamT) -> None:
+        loop = asyncio.get_running_loop()
+        async for batch in stream.take(config.max_batch, within=config.max_wait_s):
+            started = time.time()
+            requests = newest_requests(list(batch))
+            written, superseded = await loop.run_in_executor(executor, adapter, requests)
+            done = time.time()
+            newest_produced = {r.member_id: max((e.produced_at for e in r.examples), default=done)
+                               for r in requests}
+            for embedding in written:  # the compacted topic must not step back either
+                await embeddings_topic.send(key=embedding.member_id, value=MetaEmbedding(
+                    member_id=embedding.member_id, model_version=embedding.model_version,
+                    seq=embedding.seq, vector=[float(x) for x in embedding.vector],
+                    support_size=embedding.support_size, newest_event_ts=embedding.newest_event_ts,
+                    newest_produced_at=newest_produced[embedding.member_id],
+                    adapted_at=embedding.adapted_at / 1000.0))
+                metrics.freshness.observe(done - newest_produced[embedding.member_id])
+            metrics.batch_size.observe(len(batch))
+            metrics.batch_seconds.observe(done - started)
+            metrics.embeddings.inc(len(written))
+            metrics.skipped.inc(superseded)
+
+    @app.timer(interval=config.model_poll_s)
+    async def pick_up_new_model() -> None:
+        await asyncio.get_running_loop().run_in_executor(executor, model.refresh)
+
+    @app.page("/metrics")
+    async def metrics_page(web: View, request: Request) -> Any:
+        return Response(body=metrics.exposition(), content_type="text/plain")
+
+    app.limaml_metrics = metrics  # type: ignore[attr-defined]
+    return app

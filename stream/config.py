@@ -1,0 +1,35 @@
+"""Settings of the stream and adaptation workers (derived into CLI, env and TOML)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    support_size: int = 64  # K: most recent examples kept per member
+    min_new_signals: int = 5  # M: new events that make a member due at once
+    max_staleness_s: float = 10.0  # S: the longest a new event waits for an adaptation
+    request_timeout_s: float = 60.0  # an unanswered adapt request is re-sent after this
+    check_interval_s: float = 1.0  # how often the timer looks for stale members
+    data_dir: Path = Path(".cache/stream")  # RocksDB tables and worker state
+    web_port: int = 6066  # HTTP port of /metrics and /members/<id>/
+    web_bind: str = "127.0.0.1"  # interface of that port (loopback unless exposed on purpose)
+    rocksdb_cache_mb: int = 32  # RocksDB block cache per table partition
+    max_event_bytes: int = 65536  # larger events go to the dead-letter topic
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    artifacts_dir: Path = Path("artifacts")  # model versions; the ACTIVE one is served
+    feast_dir: Path = Path(".cache/feast")  # the rendered Feast repo (registry, SQLite store)
+    online_store: str = "sqlite"  # "sqlite" or a Redis URL such as redis://127.0.0.1:6379/0
+    max_batch: int = 512  # most adapt requests in one micro-batch
+    max_wait_s: float = 0.05  # longest wait to fill a micro-batch
+    device: str = "auto"  # "auto" picks CUDA when present
+    compile: bool = False  # torch.compile the inner loop (faster, compiles shapes on first use)
+    model_poll_s: float = 2.0  # how often the ACTIVE model pointer is checked
+    data_dir: Path = Path(".cache/adapt")  # worker state
+    web_port: int = 6067  # HTTP port of /metrics
+    web_bind: str = "127.0.0.1"  # interface of that port

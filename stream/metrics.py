@@ -1,0 +1,50 @@
+"""Prometheus metrics of the workers, one registry per app so several apps share a process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+@dataclass
+class StreamMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.events = Counter("limaml_stream_events", "Interaction events applied", registry=r)
+        self.duplicates = Counter("limaml_stream_duplicate_events",
+                                  "Redelivered events skipped", registry=r)
+        self.dead_letters = Counter("limaml_stream_dead_letters", "Events sent to the DLQ",
+                                    registry=r)
+        self.requests = Counter("limaml_stream_adapt_requests", "Adapt requests sent",
+                                ["reason"], registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+@dataclass
+class AdaptMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.embeddings = Counter("limaml_adapt_embeddings", "Embeddings written", registry=r)
+        self.skipped = Counter("limaml_adapt_skipped_stale",
+                               "Embeddings not written: a newer one was stored", registry=r)
+        self.batch_size = Histogram("limaml_adapt_batch_size", "Requests per micro-batch",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.batch_seconds = Histogram("limaml_adapt_batch_seconds",
+                                       "Adaptation and write time per micro-batch",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.freshness = Histogram("limaml_freshness_seconds",
+                                   "Event produced -> its embedding readable in the online store",
+                                   buckets=LATENCY_BUCKETS, registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,69 @@
+"""The trigger policy: when a member's support set is worth re-adapting.
+
+A member is due when it has at least `min_new_signals` new events, or at least one new
+event that has waited `max_staleness_s`. At most one request per member is outstanding:
+signals arriving meanwhile are coalesced into the next request, sent when the
+outstanding one is answered (its embedding comes back) or times out. Pure functions of a
+`SupportSet` so the policy is tested without Kafka.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from limaml.stream.records import SupportExample, SupportSet
+
+
+@dataclass(frozen=True)
+class TriggerPolicy:
+    support_size: int = 64  # K: examples kept per member
+    min_new_signals: int = 5  # M: new events that make a member due at once
+    max_staleness_s: float = 10.0  # S: the longest a new event waits for adaptation
+    request_timeout_s: float = 60.0  # an unanswered request is re-sent after this
+
+
+def empty_support_set() -> SupportSet:
+    return SupportSet(seq=0, examples=[])
+
+
+def apply_event(state: SupportSet, example: SupportExample, offset: int, now: float,
+                support_size: int) -> SupportSet | None:
+    """The state after one event, or None if this source offset was applied already."""
+    if offset <= state.last_offset:
+        return None
+    examples = [*state.examples, example][-support_size:]
+    return SupportSet(
+        seq=state.seq + 1,
+        examples=examples,
+        last_offset=offset,
+        pending=state.pending + 1,
+        oldest_pending_at=state.oldest_pending_at if state.pending else now,
+        requested_seq=state.requested_seq,
+        requested_at=state.requested_at,
+    )
+
+
+def due_reason(state: SupportSet, now: float, policy: TriggerPolicy) -> str | None:
+    """Why the member should be adapted now, or None."""
+    outstanding = state.requested_seq >= 0
+    if outstanding:
+        if now - state.requested_at >= policy.request_timeout_s:
+            return "timeout"
+        return None
+    if state.pending >= policy.min_new_signals:
+        return "signals"
+    if state.pending and now - state.oldest_pending_at >= policy.max_staleness_s:
+        return "stale"
+    return None
+
+
+def mark_requested(state: SupportSet, now: float) -> SupportSet:
+    """The state once a request for everything seen so far is sent."""
+    return state.derive(pending=0, oldest_pending_at=0.0, requested_seq=state.seq, requested_at=now)
+
+
+def mark_answered(state: SupportSet, answered_seq: int) -> SupportSet | None:
+    """The state once an embedding for `answered_seq` arrived, or None if it changes nothing."""
+    if state.requested_seq < 0 or answered_seq < state.requested_seq:
+        return None
+    return state.derive(requested_seq=-1, requested_at=0.0)

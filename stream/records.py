@@ -1,0 +1,62 @@
+"""Typed records of the stream topics and tables (one Faust Record per boundary).
+
+Support examples keep the item and member *ids*, not model indices: indices belong to a
+model version, and the stream workers must keep working unchanged when a new version
+with another vocabulary becomes active. The adaptation workers map ids to indices.
+"""
+
+from typing import Dict, List  # Faust reads typing generics, not PEP 585 ones
+
+import faust
+
+
+class SupportExample(faust.Record, serializer="json", include_metadata=False):
+    """One interaction kept in a member's rolling support set."""
+
+    item_id: str
+    label: int
+    ts: int  # event time, epoch ms
+    context: Dict[str, float]  # numeric context features by name
+    produced_at: float  # Kafka timestamp of the event (s): the start of the freshness clock
+
+
+class SupportSet(faust.Record, serializer="json", include_metadata=False):
+    """Table `support-sets`: member_id -> the member's recent history and request state."""
+
+    seq: int  # events applied so far
+    examples: List[SupportExample]  # the K most recent, oldest first
+    last_offset: int = -1  # source offset of the last applied event (dedupes redelivery)
+    pending: int = 0  # new signals not yet covered by an adapt request
+    oldest_pending_at: float = 0.0  # when the oldest of those arrived (s)
+    requested_seq: int = -1  # seq of the outstanding request, -1 when none
+    requested_at: float = 0.0  # when that request was sent (s)
+
+
+class AdaptRequest(faust.Record, serializer="json", include_metadata=False):
+    """Topic `limaml.adapt-requests`: a support-set snapshot to adapt."""
+
+    member_id: str
+    seq: int
+    examples: List[SupportExample]
+    reason: str  # "signals", "stale" or "timeout"
+    requested_at: float
+
+
+class StaleCheck(faust.Record, serializer="json", include_metadata=False):
+    """Internal topic: a timer asks the member's owner to re-check its trigger policy."""
+
+    member_id: str
+    checked_at: float
+
+
+class MetaEmbedding(faust.Record, serializer="json", include_metadata=False):
+    """Topic `limaml.meta-embeddings` (compacted): a member's newest embedding."""
+
+    member_id: str
+    model_version: str
+    seq: int
+    vector: List[float]
+    support_size: int
+    newest_event_ts: int  # event time of the newest support example, epoch ms
+    newest_produced_at: float  # Kafka timestamp of that event (s)
+    adapted_at: float  # when the embedding was computed (s)

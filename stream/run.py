@@ -1,0 +1,28 @@
+"""Start a worker: create the topics it needs, build its Faust app, run until stopped."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+
+from limaml.stream.adapt_worker import create_adapt_app
+from limaml.stream.config import AdaptConfig, StreamConfig
+from limaml.stream.ingest import create_stream_app
+from limaml.topics import KafkaConfig, ensure_topics
+
+
+def run_app(app: faust.App) -> None:
+    """Faust's worker: handles SIGTERM/SIGINT with a graceful stop (commit, flush, close)."""
+    level = "debug" if logging.getLogger().isEnabledFor(logging.DEBUG) else "info"
+    faust.Worker(app, loglevel=level, quiet=True).execute_from_commandline()
+
+
+def run_stream_worker(kafka: KafkaConfig, config: StreamConfig, worker_id: str) -> None:
+    ensure_topics(kafka)
+    run_app(create_stream_app(kafka, config, worker_id))
+
+
+def run_adapt_worker(kafka: KafkaConfig, config: AdaptConfig, worker_id: str) -> None:
+    ensure_topics(kafka)
+    run_app(create_adapt_app(kafka, config, worker_id))

@@ -1,0 +1,260 @@
+"""The real-time pipeline end to end: real broker, real Faust workers, real Feast store."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka.admin import AdminClient
+
+from limaml.adaptation import AdaptationEngine
+from limaml.adapters.events import DeadLetter, InteractionEvent, events_from_log
+from limaml.adapters.registry import load_dataset
+from limaml.artifacts import FeatureSchema, load_artifact, save_artifact
+from limaml.config import default_tunables
+from limaml.data import InteractionLog
+from limaml.encoding import FeatureEncoder
+from limaml.featurestore.embeddings import EmbeddingReader
+from limaml.featurestore.profiles import write_member_profiles
+from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
+from limaml.stream.records import AdaptRequest, SupportExample
+from limaml.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
+from limaml.train import TrainConfig, meta_train
+
+from .conftest import TOPIC_READY_TIMEOUT_S
+from .workers import Worker, free_port, poll
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+DATASET = "synthetic:n_members=30,n_items=25,mean_events=12,seed=5"
+PARTITIONS = 2
+SUPPORT_SIZE = 8
+MIN_NEW_SIGNALS = 3
+
+
+@pytest.fixture(scope="module")
+def dataset() -> InteractionLog:
+    return load_dataset(DATASET)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory, dataset: InteractionLog) -> Path:
+    root = tmp_path_factory.mktemp("artifacts")
+    tunables = default_tunables() | {"meta_dim": 8, "global_hidden": (16, 8), "inner_steps": 2}
+    model, metrics = meta_train(dataset, TrainConfig(epochs=1, valid_fraction=0.0), tunables,
+                                progress=False)
+    save_artifact(root, model, FeatureSchema.from_log(dataset), metrics, {})
+    return root
+
+
+@dataclass
+class Pipeline:
+    kafka: KafkaConfig
+    artifacts: Path
+    feast_dir: Path
+    work_dir: Path
+    workers: list[Worker] = field(default_factory=list)
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames(self.kafka.topic_prefix)
+
+    def kafka_args(self) -> list[str]:
+        return ["--bootstrap", self.kafka.bootstrap, "--topic-prefix", self.kafka.topic_prefix,
+                "--partitions", str(self.kafka.partitions)]
+
+    def stream_worker(self, worker_id: str = "0") -> Worker:
+        port = free_port()
+        worker = Worker(f"stream-{worker_id}", [
+            "stream", *self.kafka_args(), "--worker-id", worker_id,
+            "--data-dir", str(self.work_dir / "stream"), "--web-port", str(port),
+            "--support-size", str(SUPPORT_SIZE), "--min-new-signals", str(MIN_NEW_SIGNALS),
+            "--max-staleness-s", "1", "--check-interval-s", "0.2"], port, self.work_dir)
+        self.workers.append(worker)
+        return worker.start()
+
+    def adapt_worker(self) -> Worker:
+        port = free_port()
+        worker = Worker("adapt", [
+            "adapt", *self.kafka_args(), "--artifacts-dir", str(self.artifacts),
+            "--feast-dir", str(self.feast_dir), "--data-dir", str(self.work_dir / "adapt"),
+            "--web-port", str(port), "--device", "cpu"], port, self.work_dir)
+        self.workers.append(worker)
+        return worker.start()
+
+    def produce(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+        producer = Producer({"bootstrap.servers": self.kafka.bootstrap,
+                             "partitioner": PRODUCER_PARTITIONER})
+        for key, value in messages:
+            producer.produce(topic, key=key, value=value)
+        assert producer.flush(30) == 0
+
+    def send_events(self, events: list[InteractionEvent]) -> None:
+        self.produce(self.topics.interactions, [(e.key(), e.to_json_bytes()) for e in events])
+
+
+@pytest.fixture
+def pipeline(kafka_bootstrap: str, artifacts: Path, dataset: InteractionLog,
+             tmp_path: Path) -> Iterator[Pipeline]:
+    kafka = KafkaConfig(bootstrap=kafka_bootstrap, topic_prefix=f"p{uuid.uuid4().hex[:10]}",
+                        partitions=PARTITIONS)
+    ensure_topics(kafka)
+    feast_dir = tmp_path / "feast"
+    fields = ",".join(sorted(dataset.member_features))
+    write_member_profiles(open_feature_store(FeatureStoreConfig(repo_dir=feast_dir,
+                                                                profile_fields=fields)), dataset)
+    pipeline = Pipeline(kafka, artifacts, feast_dir, tmp_path)
+    yield pipeline
+    for worker in pipeline.workers:
+        worker.stop()
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    names = [name for name in admin.list_topics(timeout=TOPIC_READY_TIMEOUT_S).topics
+             if name.startswith(kafka.topic_prefix)]  # also the workers' changelogs
+    for future in admin.delete_topics(names).values():
+        future.result(timeout=TOPIC_READY_TIMEOUT_S)
+
+
+def events_by_member(events: list[InteractionEvent]) -> dict[str, list[InteractionEvent]]:
+    grouped: dict[str, list[InteractionEvent]] = defaultdict(list)
+    for event in events:
+        grouped[event.member_id].append(event)
+    return grouped
+
+
+def support_sets_match(worker: Worker, expected: dict[str, list[InteractionEvent]],
+                       behind: dict[str, object]) -> bool:
+    """True once every member's table row holds exactly its events; fails on over-counting.
+    `behind` collects the members still short of their events."""
+    behind.clear()
+    for member_id, events in expected.items():
+        state = worker.get_json(f"/members/{member_id}/")
+        if state is None or state["seq"] < len(events):
+            behind[member_id] = (None if state is None else state["seq"], len(events))
+            continue
+        assert state["seq"] == len(events), f"{member_id}: counted {state['seq']} of {len(events)}"
+        assert [e["item_id"] for e in state["examples"]] == [e.item_id for e in events[-SUPPORT_SIZE:]]
+    return not behind
+
+
+def expected_embeddings(artifacts: Path, dataset: InteractionLog,
+                        expected: dict[str, list[InteractionEvent]]) -> dict[str, np.ndarray]:
+    """What adapting each member on its last K events gives, computed offline."""
+    artifact = load_artifact(artifacts)
+    encoder = FeatureEncoder(artifact.schema)
+    engine = AdaptationEngine(artifact.model, "cpu")
+    names = sorted(dataset.member_features)
+    supports = []
+    for member_id, events in expected.items():
+        member = dataset.members.index(member_id)
+        profile = {name: dataset.member_feature_vocabs[name].token(
+            int(dataset.member_features[name][member])) or "" for name in names}
+        recent = events[-SUPPORT_SIZE:]
+        supports.append(encoder.support(profile, [e.item_id for e in recent], [e.label for e in recent],
+                                        [{k: float(v) for k, v in e.context.items()} for e in recent]))
+    return dict(zip(expected, engine.adapt_members(supports)))
+
+
+def test_events_in_embeddings_out_and_stale_requests_never_regress_them(
+        pipeline: Pipeline, dataset: InteractionLog, artifacts: Path) -> None:
+    events = list(events_from_log(dataset))
+    expected = events_by_member(events)
+    reader = EmbeddingReader(open_feature_store(FeatureStoreConfig(
+        repo_dir=pipeline.feast_dir, profile_fields=",".join(sorted(dataset.member_features)))))
+    member = next(iter(expected))
+    assert reader.read([member])[member] is None  # cold until its first adaptation
+
+    stream, adapt = pipeline.stream_worker(), pipeline.adapt_worker()
+    pipeline.send_events(events)
+
+    def all_adapted() -> dict | None:
+        stored = reader.read(list(expected))
+        done = all(s is not None and s.seq == len(expected[m]) for m, s in stored.items())
+        return stored if done else None
+
+    stored = poll(all_adapted, 120, "every member's embedding at its final seq")
+    offline = expected_embeddings(artifacts, dataset, expected)
+    for member_id, embedding in stored.items():
+        np.testing.assert_allclose(embedding.vector, offline[member_id], rtol=1e-4, atol=1e-5)
+        assert embedding.support_size == min(SUPPORT_SIZE, len(expected[member_id]))
+        assert embedding.newest_event_ts == expected[member_id][-1].ts
+    assert adapt.metric("limaml_freshness_seconds_count") >= len(expected)
+
+    # An old request (a redelivery, or one arriving late) must not replace the newer embedding.
+    old = expected[member][:1]
+    request = AdaptRequest(member_id=member, seq=1, reason="signals", requested_at=0.0, examples=[
+        SupportExample(item_id=e.item_id, label=e.label, ts=e.ts, context={}, produced_at=0.0)
+        for e in old])
+    skipped_before = adapt.metric("limaml_adapt_skipped_stale_total")
+    pipeline.produce(pipeline.topics.adapt_requests, [(member.encode(), request.dumps())])
+    poll(lambda: adapt.metric("limaml_adapt_skipped_stale_total") > skipped_before, 60,
+         "the adaptation worker to skip the stale request")
+    after = reader.read([member])[member]
+    assert after is not None and after.seq == len(expected[member])
+    np.testing.assert_array_equal(after.vector, stored[member].vector)
+    assert stream.metric("limaml_stream_events_total") == len(events)
+
+
+def test_support_sets_survive_kill_9_without_loss_or_double_counting(
+        pipeline: Pipeline, dataset: InteractionLog) -> None:
+    events = list(events_from_log(dataset))
+    half = len(events) // 2
+    worker = pipeline.stream_worker("0")
+    pipeline.send_events(events[:half])
+    poll(lambda: worker.metric("limaml_stream_events_total") >= half // 2, 60,
+         "the worker to apply events before it is killed")
+    worker.kill()
+    pipeline.send_events(events[half:])
+    # A new state directory: the restarted worker must rebuild its tables from the changelog.
+    restarted = pipeline.stream_worker("1")
+    behind: dict[str, object] = {}
+    poll(lambda: support_sets_match(restarted, events_by_member(events), behind), 120,
+         "the recovered support sets to hold every event once",
+         describe=lambda: f"(seq, expected) of members behind: {behind}; "
+                          f"worker log:\n{restarted.log_tail(20)}")
+
+
+def test_bad_events_go_to_the_dead_letter_topic_and_good_ones_still_flow(
+        pipeline: Pipeline, dataset: InteractionLog) -> None:
+    good = list(events_from_log(dataset, stop=40))
+    valid = json.loads(good[0].to_json_bytes())
+    bad: list[tuple[bytes | None, bytes]] = [
+        (b"m", b"{not json"),
+        (b"m", json.dumps({k: v for k, v in valid.items() if k != "label"}).encode()),
+        (b"m", json.dumps(valid | {"label": 2}).encode()),
+        (b"m", json.dumps(valid | {"ts": "yesterday"}).encode()),
+        (b"m", json.dumps(valid | {"context": {"slot": float("nan")}}).encode()),
+        (b"m", b"{" + b" " * 70_000 + b"}"),
+        (b"someone-else", good[0].to_json_bytes()),  # key differs from member_id
+    ]
+    worker = pipeline.stream_worker()
+    pipeline.produce(pipeline.topics.interactions, bad)
+    pipeline.send_events(good)
+    behind: dict[str, object] = {}
+    poll(lambda: support_sets_match(worker, events_by_member(good), behind), 60,
+         "the good events after the bad ones to be applied", describe=lambda: str(behind))
+    worker.alive_or_fail()
+
+    consumer = Consumer({"bootstrap.servers": pipeline.kafka.bootstrap, "group.id": uuid.uuid4().hex,
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([pipeline.topics.dead_letters])
+    letters: list[DeadLetter] = []
+    try:
+        def drained() -> bool:
+            for message in consumer.consume(num_messages=100, timeout=0.5):
+                assert message.error() is None or message.error().code() == KafkaError._PARTITION_EOF
+                if message.error() is None:
+                    letters.append(DeadLetter.from_json_bytes(message.value()))
+            return len(letters) >= len(bad)
+        poll(drained, 60, "every bad event in the dead-letter topic", interval_s=0)
+    finally:
+        consumer.close()
+    assert sorted(letter.raw for letter in letters) == sorted(value for _, value in bad)
+    assert all(letter.reason and letter.topic == pipeline.topics.interactions for letter in letters)
+    assert worker.metric("limaml_stream_dead_letters_total") == len(bad)
