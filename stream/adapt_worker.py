@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
+import torch
 from aiohttp.web import Response
 from faust.web import Request, View
 
@@ -72,17 +73,14 @@ class BatchAdapter:
         member_ids = [r.member_id for r in requests]
         profiles = read_member_profiles(store, member_ids)
         encoder = served.encoder
-        supports = [
-            encoder.support(profiles.get(r.member_id), [e.item_id for e in r.examples],
-                            [e.label for e in r.examples], [e.context for e in r.examples])
-            for r in requests
-        ]
+        supports = [encoder.support(profiles.get(r.member_id), r.item_ids, r.labels, r.contexts)
+                    for r in requests]
         vectors = served.engine.adapt_members(supports)  # [B, E]
         adapted_at = int(time.time() * 1000)
         embeddings = [
             MemberEmbedding(member_id=r.member_id, vector=vector, model_version=served.version,
-                            seq=r.seq, support_size=len(r.examples),
-                            newest_event_ts=max((e.ts for e in r.examples), default=0),
+                            seq=r.seq, support_size=len(r.item_ids),
+                            newest_event_ts=max(r.event_ts, default=0),
                             adapted_at=adapted_at)
             for r, vector in zip(requests, vectors)
         ]
@@ -107,6 +105,7 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, worker_id: str = "
                                key_serializer="raw")
     embeddings_topic = app.topic(names.meta_embeddings, key_type=str, value_type=MetaEmbedding,
                                  key_serializer="raw")
+    torch.set_num_threads(config.torch_threads)
     model = ActiveModel(config.artifacts_dir, config.device, config.compile)
     adapter = BatchAdapter(model, FeatureStoreConfig(repo_dir=config.feast_dir,
                                                      online_store=config.online_store))
@@ -120,8 +119,7 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, worker_id: str = "
             requests = newest_requests(list(batch))
             written, superseded = await loop.run_in_executor(executor, adapter, requests)
             done = time.time()
-            newest_produced = {r.member_id: max((e.produced_at for e in r.examples), default=done)
-                               for r in requests}
+            newest_produced = {r.member_id: max(r.produced_at, default=done) for r in requests}
             for embedding in written:  # the compacted topic must not step back either
                 await embeddings_topic.send(key=embedding.member_id, value=MetaEmbedding(
                     member_id=embedding.member_id, model_version=embedding.model_version,
@@ -143,5 +141,8 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, worker_id: str = "
     async def metrics_page(web: View, request: Request) -> Any:
         return Response(body=metrics.exposition(), content_type="text/plain")
 
-    app.limaml_metrics = metrics  # type: ignore[attr-defined]
+    @app.page("/model")
+    async def model_page(web: View, request: Request) -> Any:
+        return web.json({"version": model.current.version, "artifacts_dir": str(config.artifacts_dir)})
+
     return app

@@ -29,6 +29,7 @@ class AdaptConfig:
     max_wait_s: float = 0.05  # longest wait to fill a micro-batch
     device: str = "auto"  # "auto" picks CUDA when present
     compile: bool = False  # torch.compile the inner loop (faster, compiles shapes on first use)
+    torch_threads: int = 1  # CPU threads of the inner loop (1: no OpenMP spin contention on shared cores)
     model_poll_s: float = 2.0  # how often the ACTIVE model pointer is checked
     data_dir: Path = Path(".cache/adapt")  # worker state
     web_port: int = 6067  # HTTP port of /metrics

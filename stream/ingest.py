@@ -23,9 +23,9 @@ from faust.web import Request, View
 from limaml.adapters.events import DeadLetter, InvalidEvent, decode_event
 from limaml.stream.config import StreamConfig
 from limaml.stream.metrics import StreamMetrics
-from limaml.stream.policy import (TriggerPolicy, apply_event, due_reason, empty_support_set,
-                                  mark_answered, mark_requested)
-from limaml.stream.records import AdaptRequest, MetaEmbedding, StaleCheck, SupportExample, SupportSet
+from limaml.stream.policy import (Example, TriggerPolicy, apply_event, due_reason,
+                                  empty_support_set, mark_answered, mark_requested)
+from limaml.stream.records import AdaptRequest, MetaEmbedding, StaleCheck, SupportSet
 from limaml.topics import KafkaConfig, TopicNames
 
 log = logging.getLogger(__name__)
@@ -73,17 +73,20 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
         if reason is None:
             return state
         await adapt_requests.send(key=member_id, value=AdaptRequest(
-            member_id=member_id, seq=state.seq, examples=state.examples, reason=reason,
-            requested_at=now))
+            member_id=member_id, seq=state.seq, item_ids=state.item_ids, labels=state.labels,
+            event_ts=state.event_ts, contexts=state.contexts, produced_at=state.produced_at,
+            reason=reason, requested_at=now))
         metrics.requests.labels(reason).inc()
         return mark_requested(state, now)
 
-    def store(member_id: str, state: SupportSet) -> None:
+    def store(member_id: str, before: SupportSet | None, state: SupportSet) -> None:
+        """Write the new state; touch `waiting` only when the member starts or stops waiting."""
         support_sets[member_id] = state
-        if state.pending:
+        was_waiting = before is not None and before.pending > 0
+        if state.pending and not was_waiting:
             waiting[member_id] = state.oldest_pending_at
-        elif member_id in waiting:
-            del waiting[member_id]
+        elif was_waiting and not state.pending:
+            waiting.pop(member_id, None)
 
     @app.agent(interactions)
     async def ingest(stream: faust.StreamT) -> None:
@@ -100,18 +103,19 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
                 continue
             now = time.time()
             member_id = interaction.member_id
-            example = SupportExample(
-                item_id=interaction.item_id, label=interaction.label, ts=interaction.ts,
+            example = Example(
+                item_id=interaction.item_id, label=interaction.label, event_ts=interaction.ts,
                 context={k: float(v) for k, v in interaction.context.items()
                          if not isinstance(v, str)},
                 produced_at=message.timestamp)
-            state = apply_event(support_sets.get(member_id) or empty_support_set(), example,
-                                message.offset, now, config.support_size)
+            before = support_sets.get(member_id)
+            state = apply_event(before or empty_support_set(), example, message.offset, now,
+                                config.support_size)
             if state is None:
                 metrics.duplicates.inc()
                 continue
             metrics.events.inc()
-            store(member_id, await request_if_due(member_id, state, now))
+            store(member_id, before, await request_if_due(member_id, state, now))
 
     @app.agent(embeddings)
     async def answered(stream: faust.StreamT) -> None:
@@ -119,8 +123,8 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
             state = support_sets.get(embedding.member_id)
             updated = mark_answered(state, embedding.seq) if state is not None else None
             if updated is not None:
-                store(embedding.member_id, await request_if_due(embedding.member_id, updated,
-                                                                time.time()))
+                store(embedding.member_id, state,
+                      await request_if_due(embedding.member_id, updated, time.time()))
 
     @app.agent(stale_checks)
     async def recheck(stream: faust.StreamT) -> None:
@@ -129,7 +133,7 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
             if state is not None:
                 updated = await request_if_due(check.member_id, state, time.time())
                 if updated is not state:
-                    store(check.member_id, updated)
+                    store(check.member_id, state, updated)
 
     @app.timer(interval=config.check_interval_s)
     async def find_stale_members() -> None:
@@ -149,5 +153,4 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
         state = support_sets.get(member_id)
         return web.json(state)
 
-    app.limaml_metrics = metrics  # type: ignore[attr-defined]
     return app

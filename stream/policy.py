@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from limaml.stream.records import SupportExample, SupportSet
+from limaml.stream.records import SupportSet
 
 
 @dataclass(frozen=True)
@@ -23,18 +23,35 @@ class TriggerPolicy:
 
 
 def empty_support_set() -> SupportSet:
-    return SupportSet(seq=0, examples=[])
+    return SupportSet(seq=0, item_ids=[], labels=[], event_ts=[], contexts=[], produced_at=[],
+                      last_offset=-1, pending=0, oldest_pending_at=0.0, requested_seq=-1,
+                      requested_at=0.0)
 
 
-def apply_event(state: SupportSet, example: SupportExample, offset: int, now: float,
+@dataclass(frozen=True)
+class Example:
+    """One interaction to append to a support set."""
+
+    item_id: str
+    label: int
+    event_ts: int
+    context: dict[str, float]
+    produced_at: float
+
+
+def apply_event(state: SupportSet, example: Example, offset: int, now: float,
                 support_size: int) -> SupportSet | None:
     """The state after one event, or None if this source offset was applied already."""
     if offset <= state.last_offset:
         return None
-    examples = [*state.examples, example][-support_size:]
+    keep = support_size - 1
     return SupportSet(
         seq=state.seq + 1,
-        examples=examples,
+        item_ids=[*state.item_ids[-keep:], example.item_id] if keep else [example.item_id],
+        labels=[*state.labels[-keep:], example.label] if keep else [example.label],
+        event_ts=[*state.event_ts[-keep:], example.event_ts] if keep else [example.event_ts],
+        contexts=[*state.contexts[-keep:], example.context] if keep else [example.context],
+        produced_at=[*state.produced_at[-keep:], example.produced_at] if keep else [example.produced_at],
         last_offset=offset,
         pending=state.pending + 1,
         oldest_pending_at=state.oldest_pending_at if state.pending else now,

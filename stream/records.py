@@ -1,8 +1,12 @@
 """Typed records of the stream topics and tables (one Faust Record per boundary).
 
-Support examples keep the item and member *ids*, not model indices: indices belong to a
-model version, and the stream workers must keep working unchanged when a new version
-with another vocabulary becomes active. The adaptation workers map ids to indices.
+Support examples keep the item *ids*, not model indices: indices belong to a model
+version, and the stream workers must keep working unchanged when a new version with
+another vocabulary becomes active. The adaptation workers map ids to indices.
+
+A support set is stored as parallel lists (oldest first) rather than a list of nested
+records: the stream worker reads and rewrites it for every event, and flat lists of
+primitives (de)serialise several times faster than nested Faust records.
 """
 
 from typing import Dict, List  # Faust reads typing generics, not PEP 585 ones
@@ -10,26 +14,20 @@ from typing import Dict, List  # Faust reads typing generics, not PEP 585 ones
 import faust
 
 
-class SupportExample(faust.Record, serializer="json", include_metadata=False):
-    """One interaction kept in a member's rolling support set."""
-
-    item_id: str
-    label: int
-    ts: int  # event time, epoch ms
-    context: Dict[str, float]  # numeric context features by name
-    produced_at: float  # Kafka timestamp of the event (s): the start of the freshness clock
-
-
 class SupportSet(faust.Record, serializer="json", include_metadata=False):
     """Table `support-sets`: member_id -> the member's recent history and request state."""
 
     seq: int  # events applied so far
-    examples: List[SupportExample]  # the K most recent, oldest first
-    last_offset: int = -1  # source offset of the last applied event (dedupes redelivery)
-    pending: int = 0  # new signals not yet covered by an adapt request
-    oldest_pending_at: float = 0.0  # when the oldest of those arrived (s)
-    requested_seq: int = -1  # seq of the outstanding request, -1 when none
-    requested_at: float = 0.0  # when that request was sent (s)
+    item_ids: List[str]  # the K most recent examples, oldest first ...
+    labels: List[int]
+    event_ts: List[int]  # event time, epoch ms
+    contexts: List[Dict[str, float]]  # numeric context features by name
+    produced_at: List[float]  # Kafka timestamps (s): where the freshness clock starts
+    last_offset: int  # source offset of the last applied event (dedupes redelivery)
+    pending: int  # new signals not yet covered by an adapt request
+    oldest_pending_at: float  # when the oldest of those arrived (s)
+    requested_seq: int  # seq of the outstanding request, -1 when none
+    requested_at: float  # when that request was sent (s)
 
 
 class AdaptRequest(faust.Record, serializer="json", include_metadata=False):
@@ -37,7 +35,11 @@ class AdaptRequest(faust.Record, serializer="json", include_metadata=False):
 
     member_id: str
     seq: int
-    examples: List[SupportExample]
+    item_ids: List[str]  # oldest first, as in SupportSet
+    labels: List[int]
+    event_ts: List[int]
+    contexts: List[Dict[str, float]]
+    produced_at: List[float]
     reason: str  # "signals", "stale" or "timeout"
     requested_at: float
 

@@ -14,8 +14,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,12 +24,8 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-KAFKA_SH = REPO_ROOT / "deploy" / "kafka.sh"
+from limaml.processes import local_kafka
 
-# Generous: covers a cold jar download plus a broker start on a busy 2-core CI runner.
-START_TIMEOUT_S = 300
-STOP_TIMEOUT_S = 60
 TOPIC_READY_TIMEOUT_S = 30.0
 
 
@@ -41,42 +35,6 @@ class KafkaBroker:
 
     bootstrap: str
     data_dir: Path | None  # None: an external broker named by KAFKA_BOOTSTRAP
-
-
-def run_kafka_sh(*args: str, timeout: float = START_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    """Run deploy/kafka.sh with the given arguments, capturing its output."""
-    return subprocess.run(
-        ["bash", str(KAFKA_SH), *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def _free_port_pair() -> int:
-    """A loopback port P such that P and P+1 (the controller port) are both free now."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + 1 > 65535:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free pair of loopback ports found")
-
-
-def _bootstrap_from(output: str) -> str:
-    for line in output.splitlines():
-        if line.startswith("KAFKA_BOOTSTRAP="):
-            return line.split("=", 1)[1].strip()
-    raise RuntimeError(f"deploy/kafka.sh start printed no KAFKA_BOOTSTRAP line:\n{output}")
 
 
 def _wait_for_cluster(bootstrap: str, timeout_s: float = 30.0) -> None:
@@ -99,22 +57,8 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
         return
 
     data_dir = tmp_path_factory.mktemp("kafka")
-    # Another process may grab the port between our probe and the broker's bind:
-    # kafka.sh then refuses to start ("port ... is in use"), and we try another port.
-    for _attempt in range(3):
-        port = _free_port_pair()
-        result = run_kafka_sh("start", "--data-dir", str(data_dir), "--port", str(port))
-        if result.returncode == 0 or "in use" not in result.stderr:
-            break
-    if result.returncode != 0:
-        pytest.fail(f"deploy/kafka.sh start failed:\n{result.stderr}", pytrace=False)
-
-    try:
-        yield KafkaBroker(bootstrap=_bootstrap_from(result.stdout), data_dir=data_dir)
-    finally:
-        stop = run_kafka_sh("stop", "--data-dir", str(data_dir), timeout=STOP_TIMEOUT_S)
-        if stop.returncode != 0:
-            raise RuntimeError(f"deploy/kafka.sh stop failed:\n{stop.stderr}")
+    with local_kafka(data_dir) as bootstrap:
+        yield KafkaBroker(bootstrap=bootstrap, data_dir=data_dir)
 
 
 @pytest.fixture(scope="session")

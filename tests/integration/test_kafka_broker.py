@@ -12,7 +12,9 @@ import pytest
 import yaml
 from confluent_kafka import Consumer, KafkaError, Producer
 
-from .conftest import KAFKA_SH, REPO_ROOT, KafkaBroker, run_kafka_sh
+from limaml.processes import KAFKA_SH, REPO_ROOT, run_kafka_sh
+
+from .conftest import KafkaBroker
 
 
 def _consume_one(bootstrap: str, topic: str, timeout_s: float = 30.0):

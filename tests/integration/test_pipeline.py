@@ -6,7 +6,7 @@ import json
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +24,12 @@ from limaml.encoding import FeatureEncoder
 from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
-from limaml.stream.records import AdaptRequest, SupportExample
+from limaml.stream.records import AdaptRequest
 from limaml.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
 from limaml.train import TrainConfig, meta_train
 
 from .conftest import TOPIC_READY_TIMEOUT_S
-from .workers import Worker, free_port, poll
+from limaml.processes import Worker, free_port, poll
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -139,7 +139,7 @@ def support_sets_match(worker: Worker, expected: dict[str, list[InteractionEvent
             behind[member_id] = (None if state is None else state["seq"], len(events))
             continue
         assert state["seq"] == len(events), f"{member_id}: counted {state['seq']} of {len(events)}"
-        assert [e["item_id"] for e in state["examples"]] == [e.item_id for e in events[-SUPPORT_SIZE:]]
+        assert state["item_ids"] == [e.item_id for e in events[-SUPPORT_SIZE:]]
     return not behind
 
 
@@ -187,10 +187,10 @@ def test_events_in_embeddings_out_and_stale_requests_never_regress_them(
     assert adapt.metric("limaml_freshness_seconds_count") >= len(expected)
 
     # An old request (a redelivery, or one arriving late) must not replace the newer embedding.
-    old = expected[member][:1]
-    request = AdaptRequest(member_id=member, seq=1, reason="signals", requested_at=0.0, examples=[
-        SupportExample(item_id=e.item_id, label=e.label, ts=e.ts, context={}, produced_at=0.0)
-        for e in old])
+    first = expected[member][0]
+    request = AdaptRequest(member_id=member, seq=1, item_ids=[first.item_id], labels=[first.label],
+                           event_ts=[first.ts], contexts=[{}], produced_at=[0.0], reason="signals",
+                           requested_at=0.0)
     skipped_before = adapt.metric("limaml_adapt_skipped_stale_total")
     pipeline.produce(pipeline.topics.adapt_requests, [(member.encode(), request.dumps())])
     poll(lambda: adapt.metric("limaml_adapt_skipped_stale_total") > skipped_before, 60,
@@ -199,6 +199,23 @@ def test_events_in_embeddings_out_and_stale_requests_never_regress_them(
     assert after is not None and after.seq == len(expected[member])
     np.testing.assert_array_equal(after.vector, stored[member].vector)
     assert stream.metric("limaml_stream_events_total") == len(events)
+
+    # A new ACTIVE version is picked up without a restart: the next adaptation uses it.
+    tunables = default_tunables() | {"meta_dim": 8, "global_hidden": (16, 8), "inner_steps": 2}
+    retrained, metrics = meta_train(dataset, TrainConfig(epochs=1, valid_fraction=0.0, seed=1),
+                                    tunables, progress=False)
+    version = save_artifact(artifacts, retrained, FeatureSchema.from_log(dataset), metrics, {})
+    poll(lambda: (adapt.get_json("/model") or {}).get("version") == version, 60,
+         "the adaptation worker to switch to the new ACTIVE version")
+    newer = [replace(e, event_id=f"{e.event_id}:again", ts=e.ts + 1) for e in expected[member][-3:]]
+    pipeline.send_events(newer)
+    updated = poll(lambda: (e := reader.read([member])[member]) is not None
+                   and e.model_version == version and e, 60,
+                   f"{member}'s embedding from the new version {version}",
+                   describe=lambda: f"{reader.read([member])[member]}, support set "
+                                    f"{stream.get_json(f'/members/{member}/')}, adapt log:\n"
+                                    f"{adapt.log_tail(15)}")
+    assert updated.seq == len(expected[member]) + len(newer)
 
 
 def test_support_sets_survive_kill_9_without_loss_or_double_counting(
@@ -239,7 +256,7 @@ def test_bad_events_go_to_the_dead_letter_topic_and_good_ones_still_flow(
     behind: dict[str, object] = {}
     poll(lambda: support_sets_match(worker, events_by_member(good), behind), 60,
          "the good events after the bad ones to be applied", describe=lambda: str(behind))
-    worker.alive_or_fail()
+    worker.ensure_alive()
 
     consumer = Consumer({"bootstrap.servers": pipeline.kafka.bootstrap, "group.id": uuid.uuid4().hex,
                          "auto.offset.reset": "earliest"})

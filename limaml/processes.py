@@ -1,4 +1,7 @@
-"""Run limaml workers as real processes for the integration tests, and poll them."""
+"""limaml services as child processes: start, probe over HTTP, stop, and poll for a state.
+
+Used by the integration tests and the benchmarks, which run the real workers.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +14,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 LIMAML = str(Path(sys.executable).parent / "limaml")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+KAFKA_SH = REPO_ROOT / "deploy" / "kafka.sh"
+KAFKA_START_TIMEOUT_S = 300  # a cold jar download plus a broker start on a busy 2-core machine
+KAFKA_STOP_TIMEOUT_S = 60
 T = TypeVar("T")
 
 
@@ -23,6 +31,46 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def run_kafka_sh(*args: str, timeout: float = KAFKA_START_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    """deploy/kafka.sh with the given arguments, output captured."""
+    return subprocess.run(["bash", str(KAFKA_SH), *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def free_port_pair() -> int:
+    """A loopback port P such that P and P+1 (the broker's controller port) are both free now."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free pair of loopback ports found")
+
+
+@contextmanager
+def local_kafka(data_dir: Path) -> Iterator[str]:
+    """A private single-node broker started by deploy/kafka.sh; yields its bootstrap address."""
+    for _attempt in range(3):  # another process may take the port between probe and bind
+        result = run_kafka_sh("start", "--data-dir", str(data_dir), "--port", str(free_port_pair()))
+        if result.returncode == 0 or "in use" not in result.stderr:
+            break
+    if result.returncode != 0:
+        raise RuntimeError(f"deploy/kafka.sh start failed:\n{result.stderr}")
+    bootstrap = next((line.split("=", 1)[1].strip() for line in result.stdout.splitlines()
+                      if line.startswith("KAFKA_BOOTSTRAP=")), None)
+    if bootstrap is None:
+        raise RuntimeError(f"deploy/kafka.sh start printed no KAFKA_BOOTSTRAP line:\n{result.stdout}")
+    try:
+        yield bootstrap
+    finally:
+        stop = run_kafka_sh("stop", "--data-dir", str(data_dir), timeout=KAFKA_STOP_TIMEOUT_S)
+        if stop.returncode != 0:
+            raise RuntimeError(f"deploy/kafka.sh stop failed:\n{stop.stderr}")
 
 
 def poll(check: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.2,
@@ -36,7 +84,7 @@ def poll(check: Callable[[], T | None], timeout_s: float, what: str, interval_s:
             return result
         if time.monotonic() > deadline:
             seen = f"; last seen: {describe()}" if describe else ""
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}{seen}")
+            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}{seen}")
         time.sleep(interval_s)
 
 
@@ -55,14 +103,15 @@ class Worker:
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen([LIMAML, *self.args], stdout=log, stderr=subprocess.STDOUT,
                                             env=env, start_new_session=True)
-        poll(lambda: self.alive_or_fail() and self.get("/metrics") is not None, 120,
+        poll(lambda: self.ensure_alive() and self.get("/metrics") is not None, 120,
              f"{self.name} to serve /metrics")
         return self
 
-    def alive_or_fail(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+    def ensure_alive(self) -> bool:
+        """True while the process runs; raises with the end of its log once it has exited."""
+        if self.process is None or self.process.poll() is not None:
+            code = None if self.process is None else self.process.returncode
+            raise RuntimeError(f"{self.name} is not running (exit code {code}):\n{self.log_tail()}")
         return True
 
     def get(self, path: str) -> bytes | None:
@@ -86,6 +135,7 @@ class Worker:
 
     def kill(self) -> None:
         """SIGKILL: no graceful shutdown, no final commit."""
+        self.ensure_alive()
         assert self.process is not None
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)

@@ -1,0 +1,214 @@
+"""End-to-end freshness and stream-worker throughput on this machine.
+
+A real broker (deploy/kafka.sh, or KAFKA_BOOTSTRAP), one stream worker and one adaptation
+worker (`limaml stream`, `limaml adapt`) with the SQLite Feast store. Three phases:
+
+1. raw: a bare confluent-kafka consumer reads a backlog of N events (the baseline);
+2. throughput: a stream worker starts on the same backlog; events/s from its first to its
+   last applied event, and the ratio to the raw consume rate;
+3. freshness: both workers run while the log is replayed at a sustained rate (synthetic)
+   and time-compressed (MovieLens 100K, when found); freshness of each embedding is the
+   Kafka timestamp of its `meta-embeddings` record (sent once it is readable in the online
+   store) minus the Kafka timestamp of the newest event it was adapted on.
+
+The last line is `freshness_p99_s=<x> events_per_s=<y> ratio_vs_raw=<z>`.
+
+    python bench/freshness.py --quick       # about two minutes
+    python bench/freshness.py --rate 1000 --duration 120 --movielens ../shared/datasets/ml-100k
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaError
+
+from limaml.adapters.registry import load_dataset
+from limaml.adapters.replay import ReplayConfig, run_replay
+from limaml.artifacts import FeatureSchema, save_artifact
+from limaml.config import default_tunables
+from limaml.data import InteractionLog
+from limaml.featurestore.profiles import write_member_profiles
+from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
+from limaml.processes import Worker, free_port, local_kafka, poll
+from limaml.stream.records import MetaEmbedding
+from limaml.topics import KafkaConfig, TopicNames
+from limaml.train import TrainConfig, meta_train
+
+PARTITIONS = 4
+
+
+def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 120) -> float:
+    """Seconds a bare consumer takes to read `expected` messages from the start of `topic`."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    count, started, deadline = 0, None, time.monotonic() + timeout_s
+    try:
+        while count < expected and time.monotonic() < deadline:
+            messages = consumer.consume(num_messages=10_000, timeout=0.5)
+            if messages and started is None:
+                started = time.monotonic()
+            count += sum(1 for m in messages if m.error() is None)
+    finally:
+        consumer.close()
+    if count < expected or started is None:
+        raise RuntimeError(f"read {count} of {expected} messages from {topic}")
+    return time.monotonic() - started
+
+
+class EmbeddingWatcher(threading.Thread):
+    """Collects the freshness of every meta-embeddings record while a phase runs."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(daemon=True)
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
+                                  "auto.offset.reset": "earliest"})
+        self.consumer.subscribe([topic])
+        self.freshness: list[float] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.done.is_set():
+                for message in self.consumer.consume(num_messages=1000, timeout=0.2):
+                    if message.error() is not None:
+                        if message.error().code() != KafkaError._PARTITION_EOF:
+                            raise RuntimeError(message.error())
+                        continue
+                    record = MetaEmbedding.loads(message.value())
+                    self.freshness.append(message.timestamp()[1] / 1000 - record.newest_produced_at)
+        finally:
+            self.consumer.close()
+
+
+def train_model(log: InteractionLog, root: Path) -> None:
+    tunables = default_tunables() | {"inner_steps": 3}
+    model, metrics = meta_train(log, TrainConfig(epochs=2, valid_fraction=0.0), tunables,
+                                progress=False)
+    save_artifact(root, model, FeatureSchema.from_log(log), metrics, {})
+
+
+class Stack:
+    """One prefix's topics, Feast store, model and workers."""
+
+    def __init__(self, bootstrap: str, dataset: str, work: Path, exits: ExitStack) -> None:
+        self.dataset = dataset
+        self.log = load_dataset(dataset)
+        self.kafka = KafkaConfig(bootstrap=bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:8]}",
+                                 partitions=PARTITIONS)
+        self.work = work / self.kafka.topic_prefix
+        self.exits = exits
+        train_model(self.log, self.work / "artifacts")
+        fields = ",".join(sorted(self.log.member_features))
+        write_member_profiles(open_feature_store(FeatureStoreConfig(
+            repo_dir=self.work / "feast", profile_fields=fields)), self.log)
+
+    def kafka_args(self) -> list[str]:
+        return ["--bootstrap", self.kafka.bootstrap, "--topic-prefix", self.kafka.topic_prefix,
+                "--partitions", str(PARTITIONS)]
+
+    def start(self, kind: str) -> Worker:
+        port = free_port()
+        extra = (["--artifacts-dir", str(self.work / "artifacts"), "--feast-dir", str(self.work / "feast")]
+                 if kind == "adapt" else ["--max-staleness-s", "0.5", "--check-interval-s", "0.1"])
+        worker = Worker(kind, [kind, *self.kafka_args(), "--data-dir", str(self.work / kind),
+                               "--web-port", str(port), *extra], port, self.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.exits.callback(worker.stop)
+        return worker.start()
+
+    def replay(self, **options: float) -> None:
+        report = run_replay(self.kafka, ReplayConfig(dataset=self.dataset, **options), progress=False)
+        if report.failed:
+            raise RuntimeError(f"replay failed to deliver {report.failed} events: {report.errors}")
+
+
+def percentiles(values: list[float]) -> tuple[float, float, float]:
+    p50, p95, p99 = np.percentile(np.asarray(values), [50, 95, 99])
+    return float(p50), float(p95), float(p99)
+
+
+def freshness_phase(stack: Stack, label: str, **replay_options: float) -> dict[str, float]:
+    stream, adapt = stack.start("stream"), stack.start("adapt")
+    watcher = EmbeddingWatcher(stack.kafka.bootstrap, TopicNames(stack.kafka.topic_prefix).meta_embeddings)
+    watcher.start()
+    started = time.monotonic()
+    stack.replay(**replay_options)
+    sent = int(replay_options.get("limit", 0)) or stack.log.n_events
+    poll(lambda: stream.metric("limaml_stream_events_total") >= sent, 300, f"{label}: events applied")
+    poll(lambda: adapt.metric("limaml_adapt_batch_size_count") > 0 and
+         stream.metric("limaml_stream_adapt_requests_total") <=
+         adapt.metric("limaml_adapt_embeddings_total") + adapt.metric("limaml_adapt_skipped_stale_total"),
+         300, f"{label}: every adapt request answered")
+    seconds = time.monotonic() - started
+    watcher.done.set()
+    watcher.join(timeout=30)
+    p50, p95, p99 = percentiles(watcher.freshness)
+    batches = adapt.metric("limaml_adapt_batch_size_count")
+    result = {"events": sent, "seconds": seconds, "embeddings": len(watcher.freshness),
+              "batches_per_s": batches / seconds,
+              "mean_batch": adapt.metric("limaml_adapt_batch_size_sum") / max(batches, 1),
+              "p50": p50, "p95": p95, "p99": p99}
+    print(f"{label}: {sent} events in {seconds:.1f} s, {result['embeddings']} embeddings, "
+          f"{result['batches_per_s']:.1f} adaptation batches/s (mean {result['mean_batch']:.1f} "
+          f"members), freshness p50 {p50:.3f} s  p95 {p95:.3f} s  p99 {p99:.3f} s")
+    stream.stop()
+    adapt.stop()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="about two minutes")
+    parser.add_argument("--rate", type=float, default=1000.0, help="sustained events/s of phase 3")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of phase 3")
+    parser.add_argument("--backlog", type=int, default=100_000, help="events of phases 1 and 2")
+    parser.add_argument("--movielens", type=Path, help="ml-100k directory for a time-compressed replay")
+    parser.add_argument("--speedup", type=float, default=200_000.0, help="MovieLens time compression")
+    args = parser.parse_args()
+    if args.quick:
+        args.duration, args.backlog = 20.0, 20_000
+    members = max(1000, args.backlog // 50)
+    synthetic = f"synthetic:n_members={members},n_items=1000,seed=11"
+
+    with ExitStack() as exits:
+        work = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="limaml-bench-")))
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP") or exits.enter_context(local_kafka(work / "kafka"))
+        print(f"broker {bootstrap}, {PARTITIONS} partitions, {os.cpu_count()} cores")
+
+        backlog = Stack(bootstrap, synthetic, work, exits)
+        backlog.replay(limit=args.backlog)
+        raw_s = consume_all(bootstrap, TopicNames(backlog.kafka.topic_prefix).interactions, args.backlog)
+        raw_rate = args.backlog / raw_s
+        stream = backlog.start("stream")
+        poll(lambda: stream.metric("limaml_stream_events_total") > 0, 120, "the first applied event")
+        first = time.monotonic()
+        poll(lambda: stream.metric("limaml_stream_events_total") >= args.backlog, 600,
+             "the backlog applied", interval_s=0.05)
+        stream_rate = args.backlog / (time.monotonic() - first)
+        stream.stop()
+        print(f"raw consumer: {raw_rate:,.0f} events/s; stream worker: {stream_rate:,.0f} events/s "
+              f"(x{stream_rate / raw_rate:.3f} of raw), backlog {args.backlog}")
+
+        sustained = freshness_phase(Stack(bootstrap, synthetic, work, exits),
+                                    f"synthetic at {args.rate:g} events/s", rate=args.rate,
+                                    limit=int(args.rate * args.duration))
+        if args.movielens:
+            freshness_phase(Stack(bootstrap, f"movielens:{args.movielens}", work, exits),
+                            f"MovieLens 100K at {args.speedup:g}x", speedup=args.speedup,
+                            limit=0 if not args.quick else 20_000)
+    print(f"freshness_p99_s={sustained['p99']:.3f} events_per_s={stream_rate:.0f} "
+          f"ratio_vs_raw={stream_rate / raw_rate:.3f}")
+
+
+if __name__ == "__main__":
+    main()
