@@ -118,7 +118,7 @@ class Stack:
 
     def start(self, kind: str) -> Worker:
         port = free_port()
-        extra = (["--artifacts-dir", str(self.work / "artifacts"), "--feast-dir", str(self.work / "feast")]
+        extra = (["--artifacts-dir", str(self.work / "artifacts"), "--repo-dir", str(self.work / "feast")]
                  if kind == "adapt" else ["--max-staleness-s", "0.5", "--check-interval-s", "0.1"])
         worker = Worker(kind, [kind, *self.kafka_args(), "--data-dir", str(self.work / kind),
                                "--web-port", str(port), *extra], port, self.work)

@@ -16,6 +16,7 @@ from limaml.artifacts import ArtifactError, active_version, load_artifact, save_
 from limaml.config import MODEL_TUNABLES, ModelConfig
 from limaml.evaluation.config import (EVAL_DEFAULTS, EVAL_TRAIN_FIELDS, QUICK, AblationConfig,
                                       BaselineConfig, EvalConfig, with_defaults)
+from limaml.featurestore.store import FeatureStoreConfig
 from limaml.settings import ConfigError, Section, add_arguments, resolve
 from limaml.stream.config import AdaptConfig, StreamConfig
 from limaml.topics import KafkaConfig
@@ -25,8 +26,10 @@ log = logging.getLogger("limaml")
 
 TRAIN_SECTIONS = (Section.of("train", TrainConfig), Section.of("model", ModelConfig, MODEL_TUNABLES))
 REPLAY_SECTIONS = (Section.of("kafka", KafkaConfig), Section.of("replay", replay.ReplayConfig))
+FEAST_SECTION = Section.of("feast", FeatureStoreConfig, ("repo_dir", "online_store", "project"))
+PROFILE_SECTIONS = (FEAST_SECTION,)
 WORKER_SECTIONS = {"stream": (Section.of("kafka", KafkaConfig), Section.of("stream", StreamConfig)),
-                   "adapt": (Section.of("kafka", KafkaConfig), Section.of("adapt", AdaptConfig))}
+                   "adapt": (Section.of("kafka", KafkaConfig), Section.of("adapt", AdaptConfig), FEAST_SECTION)}
 EVAL_SECTIONS = with_defaults(
     (Section.of("eval", EvalConfig), Section.of("train", TrainConfig, EVAL_TRAIN_FIELDS),
      Section.of("model", ModelConfig, MODEL_TUNABLES), Section.of("baselines", BaselineConfig)), EVAL_DEFAULTS)
@@ -100,7 +103,24 @@ def run_worker(args: argparse.Namespace) -> int:
     if kind == "stream":
         run_stream_worker(kafka, StreamConfig(**settings["stream"]), args.worker_id)
     else:
-        run_adapt_worker(kafka, AdaptConfig(**settings["adapt"]), args.worker_id)
+        run_adapt_worker(kafka, AdaptConfig(**settings["adapt"]),
+                         FeatureStoreConfig(**settings["feast"]), args.worker_id)
+    return 0
+
+
+def run_profiles(args: argparse.Namespace) -> int:
+    """Write a dataset's member profiles (the meta block's inputs) to the Feast store."""
+    from limaml.adapters.registry import load_dataset
+    from limaml.featurestore.profiles import write_member_profiles
+    from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
+
+    settings = resolve(PROFILE_SECTIONS, args.config, args)
+    log_data = load_dataset(args.dataset)
+    config = FeatureStoreConfig(**settings["feast"] | {
+        "profile_fields": ",".join(sorted(log_data.member_features))})
+    written = write_member_profiles(open_feature_store(config), log_data)
+    emit({"dataset": log_data.name, "profiles": written, "repo_dir": str(config.repo_dir),
+          "online_store": config.online_store})
     return 0
 
 
@@ -152,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
         worker.add_argument("--worker-id", default="0", help="names this worker's state directory")
         add_arguments(worker, WORKER_SECTIONS[kind])
         worker.set_defaults(run=run_worker)
+
+    profiles = commands.add_parser("profiles", help="write a dataset's member profiles to Feast")
+    profiles.add_argument("--dataset", default="synthetic", help="dataset spec, as for train")
+    profiles.add_argument("--config", type=Path, help="TOML file with a [feast] table")
+    add_arguments(profiles, PROFILE_SECTIONS)
+    profiles.set_defaults(run=run_profiles)
 
     models = commands.add_parser("models", help="list model versions; show or set the active one")
     models.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"))

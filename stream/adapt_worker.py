@@ -88,7 +88,8 @@ class BatchAdapter:
         return written, len(embeddings) - len(written)
 
 
-def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, worker_id: str = "0") -> faust.App:
+def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStoreConfig,
+                     worker_id: str = "0") -> faust.App:
     names = TopicNames(kafka.topic_prefix)
     metrics = AdaptMetrics()
     (config.data_dir / worker_id).mkdir(parents=True, exist_ok=True)
@@ -107,8 +108,7 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, worker_id: str = "
                                  key_serializer="raw")
     torch.set_num_threads(config.torch_threads)
     model = ActiveModel(config.artifacts_dir, config.device, config.compile)
-    adapter = BatchAdapter(model, FeatureStoreConfig(repo_dir=config.feast_dir,
-                                                     online_store=config.online_store))
+    adapter = BatchAdapter(model, feast)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="limaml-adapt")
 
     @app.agent(requests_topic)

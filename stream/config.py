@@ -23,8 +23,6 @@ class StreamConfig:
 @dataclass(frozen=True)
 class AdaptConfig:
     artifacts_dir: Path = Path("artifacts")  # model versions; the ACTIVE one is served
-    feast_dir: Path = Path(".cache/feast")  # the rendered Feast repo (registry, SQLite store)
-    online_store: str = "sqlite"  # "sqlite" or a Redis URL such as redis://127.0.0.1:6379/0
     max_batch: int = 512  # most adapt requests in one micro-batch
     max_wait_s: float = 0.05  # longest wait to fill a micro-batch
     device: str = "auto"  # "auto" picks CUDA when present

@@ -139,7 +139,10 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
     async def find_stale_members() -> None:
         now = time.time()
         for member_id, oldest in list(waiting.items()):
-            if now - oldest >= policy.max_staleness_s:
+            if now - oldest < policy.max_staleness_s:
+                continue
+            state = support_sets.get(member_id)
+            if state is not None and due_reason(state, now, policy) is not None:
                 await stale_checks.send(key=member_id, value=StaleCheck(member_id=member_id,
                                                                         checked_at=now))
 
@@ -150,7 +153,6 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
     @app.page("/members/{member_id}/")
     @app.table_route(table=support_sets, match_info="member_id")
     async def member_page(web: View, request: Request, member_id: str) -> Any:
-        state = support_sets.get(member_id)
-        return web.json(state)
+        return web.json(support_sets.get(member_id))
 
     return app

@@ -6,6 +6,7 @@ import logging
 
 import faust
 
+from limaml.featurestore.store import FeatureStoreConfig
 from limaml.stream.adapt_worker import create_adapt_app
 from limaml.stream.config import AdaptConfig, StreamConfig
 from limaml.stream.ingest import create_stream_app
@@ -23,6 +24,7 @@ def run_stream_worker(kafka: KafkaConfig, config: StreamConfig, worker_id: str) 
     run_app(create_stream_app(kafka, config, worker_id))
 
 
-def run_adapt_worker(kafka: KafkaConfig, config: AdaptConfig, worker_id: str) -> None:
+def run_adapt_worker(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStoreConfig,
+                     worker_id: str) -> None:
     ensure_topics(kafka)
-    run_app(create_adapt_app(kafka, config, worker_id))
+    run_app(create_adapt_app(kafka, config, feast, worker_id))

@@ -84,7 +84,7 @@ class Pipeline:
         port = free_port()
         worker = Worker("adapt", [
             "adapt", *self.kafka_args(), "--artifacts-dir", str(self.artifacts),
-            "--feast-dir", str(self.feast_dir), "--data-dir", str(self.work_dir / "adapt"),
+            "--repo-dir", str(self.feast_dir), "--data-dir", str(self.work_dir / "adapt"),
             "--web-port", str(port), "--device", "cpu"], port, self.work_dir)
         self.workers.append(worker)
         return worker.start()
