@@ -80,7 +80,7 @@ class BatchAdapter:
         embeddings = [
             MemberEmbedding(member_id=r.member_id, vector=vector, model_version=served.version,
                             seq=r.seq, support_size=len(r.item_ids),
-                            newest_event_ts=max(r.event_ts, default=0),
+                            newest_event_ts=r.newest_event_ts,
                             adapted_at=adapted_at)
             for r, vector in zip(requests, vectors)
         ]
@@ -119,7 +119,7 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
             requests = newest_requests(list(batch))
             written, superseded = await loop.run_in_executor(executor, adapter, requests)
             done = time.time()
-            newest_produced = {r.member_id: max(r.produced_at, default=done) for r in requests}
+            newest_produced = {r.member_id: r.newest_produced_at for r in requests}
             for embedding in written:  # the compacted topic must not step back either
                 await embeddings_topic.send(key=embedding.member_id, value=MetaEmbedding(
                     member_id=embedding.member_id, model_version=embedding.model_version,

@@ -74,7 +74,8 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
             return state
         await adapt_requests.send(key=member_id, value=AdaptRequest(
             member_id=member_id, seq=state.seq, item_ids=state.item_ids, labels=state.labels,
-            event_ts=state.event_ts, contexts=state.contexts, produced_at=state.produced_at,
+            contexts=state.contexts, newest_event_ts=state.newest_event_ts,
+            newest_produced_at=state.newest_produced_at,
             reason=reason, requested_at=now))
         metrics.requests.labels(reason).inc()
         return mark_requested(state, now)

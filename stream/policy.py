@@ -23,8 +23,8 @@ class TriggerPolicy:
 
 
 def empty_support_set() -> SupportSet:
-    return SupportSet(seq=0, item_ids=[], labels=[], event_ts=[], contexts=[], produced_at=[],
-                      last_offset=-1, pending=0, oldest_pending_at=0.0, requested_seq=-1,
+    return SupportSet(seq=0, item_ids=[], labels=[], contexts=[], newest_event_ts=0,
+                      newest_produced_at=0.0, last_offset=-1, pending=0, oldest_pending_at=0.0, requested_seq=-1,
                       requested_at=0.0)
 
 
@@ -49,9 +49,9 @@ def apply_event(state: SupportSet, example: Example, offset: int, now: float,
         seq=state.seq + 1,
         item_ids=[*state.item_ids[-keep:], example.item_id] if keep else [example.item_id],
         labels=[*state.labels[-keep:], example.label] if keep else [example.label],
-        event_ts=[*state.event_ts[-keep:], example.event_ts] if keep else [example.event_ts],
         contexts=[*state.contexts[-keep:], example.context] if keep else [example.context],
-        produced_at=[*state.produced_at[-keep:], example.produced_at] if keep else [example.produced_at],
+        newest_event_ts=example.event_ts,
+        newest_produced_at=example.produced_at,
         last_offset=offset,
         pending=state.pending + 1,
         oldest_pending_at=state.oldest_pending_at if state.pending else now,

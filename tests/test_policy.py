@@ -29,7 +29,7 @@ def test_the_support_set_keeps_the_k_most_recent_examples_in_order() -> None:
     assert state.seq == 5 and state.last_offset == 4
     assert state.item_ids == ["i2", "i3", "i4"] and state.labels == [0, 1, 0]
     assert state.contexts == [{"slot": 0.2}, {"slot": 0.3}, {"slot": 0.4}]
-    assert state.produced_at == [102.0, 103.0, 104.0]
+    assert (state.newest_event_ts, state.newest_produced_at) == (1_700_000_000_004, 104.0)
 
 
 def test_a_redelivered_offset_is_not_counted_twice() -> None:
@@ -70,7 +70,8 @@ def test_an_unanswered_request_is_resent_after_its_timeout() -> None:
 
 def test_a_micro_batch_keeps_the_newest_request_of_each_member() -> None:
     def request(member: str, seq: int) -> AdaptRequest:
-        return AdaptRequest(member_id=member, seq=seq, item_ids=[], labels=[], event_ts=[],
-                            contexts=[], produced_at=[], reason="signals", requested_at=0.0)
+        return AdaptRequest(member_id=member, seq=seq, item_ids=[], labels=[], contexts=[],
+                            newest_event_ts=0, newest_produced_at=0.0, reason="signals",
+                            requested_at=0.0)
     kept = newest_requests([request("a", 3), request("b", 1), request("a", 7), request("a", 5)])
     assert sorted((r.member_id, r.seq) for r in kept) == [("a", 7), ("b", 1)]

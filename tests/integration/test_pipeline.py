@@ -189,8 +189,8 @@ def test_events_in_embeddings_out_and_stale_requests_never_regress_them(
     # An old request (a redelivery, or one arriving late) must not replace the newer embedding.
     first = expected[member][0]
     request = AdaptRequest(member_id=member, seq=1, item_ids=[first.item_id], labels=[first.label],
-                           event_ts=[first.ts], contexts=[{}], produced_at=[0.0], reason="signals",
-                           requested_at=0.0)
+                           contexts=[{}], newest_event_ts=first.ts, newest_produced_at=0.0,
+                           reason="signals", requested_at=0.0)
     skipped_before = adapt.metric("limaml_adapt_skipped_stale_total")
     pipeline.produce(pipeline.topics.adapt_requests, [(member.encode(), request.dumps())])
     poll(lambda: adapt.metric("limaml_adapt_skipped_stale_total") > skipped_before, 60,
