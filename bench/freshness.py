@@ -157,10 +157,11 @@ def freshness_phase(stack: Stack, label: str, **replay_options: float) -> dict[s
     result = {"events": sent, "seconds": seconds, "embeddings": len(watcher.freshness),
               "batches_per_s": batches / seconds,
               "mean_batch": adapt.metric("limaml_adapt_batch_size_sum") / max(batches, 1),
+              "batch_s": adapt.metric("limaml_adapt_batch_seconds_sum") / max(batches, 1),
               "p50": p50, "p95": p95, "p99": p99}
     print(f"{label}: {sent} events in {seconds:.1f} s, {result['embeddings']} embeddings, "
           f"{result['batches_per_s']:.1f} adaptation batches/s (mean {result['mean_batch']:.1f} "
-          f"members), freshness p50 {p50:.3f} s  p95 {p95:.3f} s  p99 {p99:.3f} s")
+          f"members, {1000 * result['batch_s']:.0f} ms), freshness p50 {p50:.3f} s  p95 {p95:.3f} s  p99 {p99:.3f} s")
     stream.stop()
     adapt.stop()
     return result

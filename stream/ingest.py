@@ -5,9 +5,10 @@ their source offset), appends each member's events to its rolling support set in
 RocksDB table with a changelog topic, and sends adapt requests when the trigger policy
 says a member is due. Embeddings coming back answer the outstanding request.
 
-Tables are only changed by agents: a timer that finds a member waiting too long does not
-touch the table, it sends a `StaleCheck` to the member's partition and the agent that
-owns the member decides.
+Tables are only changed by agents: a timer that finds a member whose check time has come
+(a new signal waiting too long, or a request unanswered too long) does not touch the
+tables, it sends a `StaleCheck` to the member's partition and the agent that owns the
+member decides.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from limaml.adapters.events import DeadLetter, InvalidEvent, decode_event
 from limaml.stream.config import StreamConfig
 from limaml.stream.metrics import StreamMetrics
 from limaml.stream.policy import (Example, TriggerPolicy, apply_event, due_reason,
-                                  empty_support_set, mark_answered, mark_requested)
+                                  empty_support_set, mark_answered, mark_requested, next_check)
 from limaml.stream.records import AdaptRequest, MetaEmbedding, StaleCheck, SupportSet
 from limaml.topics import KafkaConfig, TopicNames
 
@@ -64,9 +65,9 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
                        "write_buffer_size": 8 * MB}
     support_sets = app.Table("support-sets", key_type=str, value_type=SupportSet,
                              partitions=kafka.partitions, options=rocksdb_options)
-    waiting = app.Table("waiting-members", key_type=str, value_type=float,
-                        partitions=kafka.partitions, options=rocksdb_options)
-    """member_id -> arrival time of its oldest unrequested event; only members that have one."""
+    check_times = app.Table("check-times", key_type=str, value_type=float,
+                            partitions=kafka.partitions, options=rocksdb_options)
+    """member_id -> when the member may come due without a new event (see `next_check`)."""
 
     async def request_if_due(member_id: str, state: SupportSet, now: float) -> SupportSet:
         reason = due_reason(state, now, policy)
@@ -81,13 +82,14 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
         return mark_requested(state, now)
 
     def store(member_id: str, before: SupportSet | None, state: SupportSet) -> None:
-        """Write the new state; touch `waiting` only when the member starts or stops waiting."""
+        """Write the new state, and its check time when that changed."""
         support_sets[member_id] = state
-        was_waiting = before is not None and before.pending > 0
-        if state.pending and not was_waiting:
-            waiting[member_id] = state.oldest_pending_at
-        elif was_waiting and not state.pending:
-            waiting.pop(member_id, None)
+        check_at = next_check(state, policy)
+        if check_at != (next_check(before, policy) if before is not None else None):
+            if check_at is None:
+                check_times.pop(member_id, None)
+            else:
+                check_times[member_id] = check_at
 
     @app.agent(interactions)
     async def ingest(stream: faust.StreamT) -> None:
@@ -137,13 +139,10 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
                     store(check.member_id, state, updated)
 
     @app.timer(interval=config.check_interval_s)
-    async def find_stale_members() -> None:
+    async def find_due_members() -> None:
         now = time.time()
-        for member_id, oldest in list(waiting.items()):
-            if now - oldest < policy.max_staleness_s:
-                continue
-            state = support_sets.get(member_id)
-            if state is not None and due_reason(state, now, policy) is not None:
+        for member_id, check_at in list(check_times.items()):
+            if check_at <= now:
                 await stale_checks.send(key=member_id, value=StaleCheck(member_id=member_id,
                                                                         checked_at=now))
 

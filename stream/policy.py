@@ -74,6 +74,17 @@ def due_reason(state: SupportSet, now: float, policy: TriggerPolicy) -> str | No
     return None
 
 
+def next_check(state: SupportSet, policy: TriggerPolicy) -> float | None:
+    """When the timer should look at this member again (s), or None if nothing can come due
+    without a new event or an answer: the staleness deadline of its oldest new signal, or
+    the timeout of its outstanding request."""
+    if state.requested_seq >= 0:
+        return state.requested_at + policy.request_timeout_s
+    if state.pending:
+        return state.oldest_pending_at + policy.max_staleness_s
+    return None
+
+
 def mark_requested(state: SupportSet, now: float) -> SupportSet:
     """The state once a request for everything seen so far is sent."""
     return state.derive(pending=0, oldest_pending_at=0.0, requested_seq=state.seq, requested_at=now)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from limaml.stream.adapt_worker import newest_requests
 from limaml.stream.policy import (Example, TriggerPolicy, apply_event, due_reason,
-                                  empty_support_set, mark_answered, mark_requested)
+                                  empty_support_set, mark_answered, mark_requested, next_check)
 from limaml.stream.records import AdaptRequest, SupportSet
 
 POLICY = TriggerPolicy(support_size=3, min_new_signals=2, max_staleness_s=10.0, request_timeout_s=60.0)
@@ -60,6 +60,15 @@ def test_signals_during_an_outstanding_request_are_coalesced_into_the_next() -> 
     assert mark_answered(busy, answered_seq=1) is None  # an older answer does not count
     answered = mark_answered(busy, answered_seq=2)
     assert answered is not None and due_reason(answered, now=7.0, policy=POLICY) == "signals"
+
+
+def test_the_timer_looks_at_a_member_only_when_something_can_come_due() -> None:
+    assert next_check(empty_support_set(), POLICY) is None
+    assert next_check(applied(1, now=50.0), POLICY) == 60.0  # the staleness deadline
+    requested = mark_requested(applied(2), now=5.0)
+    assert next_check(requested, POLICY) == 65.0  # the request's timeout, new signals or not
+    answered = mark_answered(requested, answered_seq=2)
+    assert answered is not None and next_check(answered, POLICY) is None
 
 
 def test_an_unanswered_request_is_resent_after_its_timeout() -> None:
