@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +196,9 @@ def test_online_store_settings() -> None:
             redis_connection_string(url)
     with pytest.raises(ValueError, match="sqlite"):
         render_feature_store_yaml(FeatureStoreConfig(online_store="postgres://db"))
+
+
+def test_the_sqlite_online_store_uses_a_write_ahead_log(tmp_path: Path) -> None:
+    open_feature_store(FeatureStoreConfig(repo_dir=tmp_path))
+    with closing(sqlite3.connect(tmp_path / "data" / "online_store.db")) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
