@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -60,22 +61,25 @@ def test_missing_active_pointer_says_how_to_fix_it(tmp_path: Path) -> None:
         load_artifact(tmp_path)
 
 
+def edit_json(path: Path, change: Callable[[dict], None]) -> dict:
+    """Apply `change` to a JSON file in place; returns the original content."""
+    original = json.loads(path.read_text())
+    edited = json.loads(path.read_text())
+    change(edited)
+    path.write_text(json.dumps(edited))
+    return original
+
+
 def test_tampered_vocabulary_is_detected(tmp_path: Path) -> None:
     version = save(tmp_path)
-    vocab_path = tmp_path / version / "vocab.json"
-    vocab = json.loads(vocab_path.read_text())
-    vocab["items"][0] = "someone-else"
-    vocab_path.write_text(json.dumps(vocab))
+    edit_json(tmp_path / version / "vocab.json", lambda vocab: vocab["items"].__setitem__(0, "x"))
     with pytest.raises(ArtifactError, match="does not match the digests"):
         load_artifact(tmp_path)
 
 
 def test_weights_that_do_not_fit_the_config_are_refused(tmp_path: Path) -> None:
     version = save(tmp_path)
-    config_path = tmp_path / version / "config.json"
-    config = json.loads(config_path.read_text())
-    config["model"]["meta_dim"] = 16
-    config_path.write_text(json.dumps(config))
+    edit_json(tmp_path / version / "config.json", lambda c: c["model"].update(meta_dim=16))
     with pytest.raises(ArtifactError, match="weights do not fit the model config"):
         load_artifact(tmp_path)
 
@@ -83,11 +87,10 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path: Path) -> None:
 def test_unknown_format_and_missing_files_are_reported(tmp_path: Path) -> None:
     version = save(tmp_path)
     config_path = tmp_path / version / "config.json"
-    config = json.loads(config_path.read_text())
-    config_path.write_text(json.dumps(config | {"format_version": 99}))
+    original = edit_json(config_path, lambda c: c.update(format_version=99))
     with pytest.raises(ArtifactError, match="format 99 is not supported"):
         load_artifact(tmp_path)
-    config_path.write_text(json.dumps(config))
+    config_path.write_text(json.dumps(original))
     (tmp_path / version / "metrics.json").unlink()
     with pytest.raises(ArtifactError, match="metrics.json is missing"):
         load_artifact(tmp_path)
