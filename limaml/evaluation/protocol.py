@@ -1,0 +1,134 @@
+"""The prequential protocol's bookkeeping: the time split, prefixes, refresh points, buckets.
+
+Order and visibility rule. Events are ordered by (timestamp, position in the source file),
+the order the log keeps them in. An event may use only events strictly before it in that
+order, so of two events with the same timestamp the one earlier in the file is visible to
+the later one and not the other way round. Everything here is expressed as positions in a
+member's history (`MemberHistories` of the whole log): the event at position p has p prior
+interactions, and any state it is scored with is built from a prefix [0, r) with r <= p.
+
+Refresh policies say which prefix a member's embedding was last adapted on:
+
+- never: r = 0, the meta-learned prior;
+- frozen: r = the member's number of events before the split (the paper's batch refresh);
+- streaming(N): starting from the frozen state, the embedding is re-adapted each time the
+  member has N new events after the split, so r = s + floor((p - s) / N) * N where s is
+  the member's count before the split. N = 1 re-adapts after every event; a very large N
+  is the frozen policy.
+
+The support set of a refresh is the K most recent events of the prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from limaml.data import InteractionLog
+from limaml.episodes import MemberHistories, window_indices
+
+BUCKETS: tuple[tuple[str, int, int | None], ...] = (
+    ("0", 0, 0), ("1-4", 1, 4), ("5-19", 5, 19), ("20-49", 20, 49), ("50+", 50, None))
+"""Buckets of a member's number of prior interactions: (name, lowest, highest or None)."""
+
+BUCKET_NAMES: tuple[str, ...] = ("all",) + tuple(name for name, _, _ in BUCKETS)
+
+NEVER = 0
+"""Refresh interval meaning the embedding is never adapted (the prior)."""
+FROZEN = -1
+"""Refresh interval meaning the embedding is adapted once, at the split, and kept."""
+
+
+def history_positions(histories: MemberHistories, n_events: int) -> np.ndarray:
+    """[E] each event's position in its member's history: its number of prior interactions."""
+    member_of_slot = np.repeat(np.arange(histories.count.size), histories.count)  # [E]
+    positions = np.empty(n_events, dtype=np.int64)
+    positions[histories.order] = np.arange(n_events) - histories.start[member_of_slot]
+    return positions
+
+
+@dataclass(frozen=True)
+class TestEvents:
+    """The events at or after the split time, in log order, with their place in history."""
+
+    split_ts: int  # events with ts < split_ts are training data
+    histories: MemberHistories  # of the whole log, so prefixes may run into the test period
+    index: np.ndarray  # [T] log indices of the test events, ascending
+    member: np.ndarray  # [T]
+    position: np.ndarray  # [T] prior interactions of the member before the event
+    split_count: np.ndarray  # [T] the member's events before the split
+
+    def __len__(self) -> int:
+        return int(self.index.size)
+
+    def bucket(self) -> np.ndarray:
+        """[T] index into BUCKETS of each event's prior-interaction count."""
+        edges = [low for _, low, _ in BUCKETS[1:]]
+        return np.searchsorted(edges, self.position, side="right")
+
+    def bucket_masks(self) -> dict[str, np.ndarray]:
+        """Bucket name -> [T] bool mask, `all` first."""
+        bucket = self.bucket()
+        masks = {"all": np.ones(len(self), dtype=bool)}
+        masks.update({name: bucket == i for i, (name, _, _) in enumerate(BUCKETS)})
+        return masks
+
+    def refresh_point(self, every: int) -> np.ndarray:
+        """[T] end r of the history prefix the embedding was last adapted on (see module doc).
+
+        `every` is the streaming interval N >= 1, or NEVER or FROZEN.
+        """
+        if every == NEVER:
+            return np.zeros_like(self.position)
+        if every == FROZEN:
+            return self.split_count.copy()
+        if every < 1:
+            raise ValueError(f"refresh interval must be >= 1, NEVER or FROZEN, got {every}")
+        return self.split_count + (self.position - self.split_count) // every * every
+
+
+def split_by_time(log: InteractionLog, quantile: float) -> tuple[InteractionLog, TestEvents]:
+    """The training log (events before the split time) and the test events after it.
+
+    The split time is the timestamp at the quantile, so tied events never straddle it.
+    """
+    split_ts = log.time_quantile(quantile)
+    histories = MemberHistories.from_log(log)
+    positions = history_positions(histories, log.n_events)
+    before = log.ts < split_ts
+    split_count = np.bincount(log.member[before], minlength=len(log.members))
+    index = np.flatnonzero(~before)
+    if index.size == 0 or not before.any():
+        raise ValueError(f"{log.name}: the split at quantile {quantile} leaves no training or "
+                         "no test events")
+    member = log.member[index]
+    test = TestEvents(split_ts=split_ts, histories=histories, index=index, member=member,
+                      position=positions[index], split_count=split_count[member])
+    return log.subset(before), test
+
+
+@dataclass(frozen=True)
+class Tasks:
+    """Distinct adaptation tasks (member, prefix end) and which one each test event uses."""
+
+    member: np.ndarray  # [U]
+    end: np.ndarray  # [U] the prefix [0, end) of the member's history
+    of_event: np.ndarray  # [T] index into the tasks
+
+    def __len__(self) -> int:
+        return int(self.member.size)
+
+    def support_windows(self, histories: MemberHistories, size: int,
+                        rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """([U', size] log indices, [U', size] mask): the K most recent events of each prefix."""
+        member, end = self.member[rows], self.end[rows]
+        return window_indices(histories, member, np.zeros_like(end), end, size)
+
+
+def tasks_for(test: TestEvents, every: int) -> Tasks:
+    """The tasks a refresh policy needs: one per distinct (member, refresh point)."""
+    end = test.refresh_point(every)
+    stride = int(end.max()) + 1
+    keys, of_event = np.unique(test.member * stride + end, return_inverse=True)
+    return Tasks(member=keys // stride, end=keys % stride, of_event=of_event.reshape(-1))
