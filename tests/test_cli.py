@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from limaml.adapters.registry import load_dataset
 from limaml.artifacts import active_version, load_artifact
 from limaml.cli import TRAIN_SECTIONS, build_parser, main
+from limaml.featurestore.profiles import read_member_profiles
+from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
 from limaml.settings import ConfigError, resolve
 
 LIMAML = Path(sys.executable).parent / "limaml"
@@ -89,3 +92,17 @@ def test_help_text_comes_from_the_field_comments(capsys: pytest.CaptureFixture) 
     text = capsys.readouterr().out
     assert "K: most recent events a member is adapted on" in text
     assert "LIMAML_MODEL_META_DIM" in text
+
+
+def test_profiles_command_writes_the_datasets_member_features_to_feast(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spec = "synthetic:n_members=20,n_items=10,seed=1"
+    assert main(["profiles", "--dataset", spec, "--repo-dir", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["profiles"] == 20
+    log_data = load_dataset(spec)
+    fields = ",".join(sorted(log_data.member_features))
+    store = open_feature_store(FeatureStoreConfig(repo_dir=tmp_path, profile_fields=fields))
+    profile = read_member_profiles(store, ["m3"])["m3"]
+    member = log_data.members.index("m3")
+    assert profile == {name: log_data.member_feature_vocabs[name].token(
+        int(log_data.member_features[name][member])) for name in sorted(log_data.member_features)}
