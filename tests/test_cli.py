@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from limaml.adapters.registry import load_dataset
-from limaml.featurestore.profiles import read_member_profiles
-from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
 
+from limaml.adapters.registry import load_dataset
 from limaml.artifacts import active_version, load_artifact
 from limaml.cli import TRAIN_SECTIONS, build_parser, main
+from limaml.featurestore.profiles import read_member_profiles
+from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
 from limaml.settings import ConfigError, resolve
 
 LIMAML = Path(sys.executable).parent / "limaml"
