@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,10 @@ class ServedModel:
 
 
 class ActiveModel:
-    """Holds the ACTIVE version of an artifacts directory; `refresh` picks up a new one."""
+    """Holds the ACTIVE version of an artifacts directory; `refresh` picks up a new one.
+
+    `refresh` replaces `current` with one assignment, so a reader sees the old version or
+    the new one, never a mix; call it from one thread (the adaptation worker's)."""
 
     def __init__(self, root: Path, device: str | None = None, compile: bool = False,
                  support_capacity: int = 64) -> None:
@@ -36,7 +38,6 @@ class ActiveModel:
         self._device = None if device in (None, "auto") else device
         self._compile = compile
         self._support_capacity = support_capacity
-        self._lock = threading.Lock()
         self._current = self._load(active_version(root))
 
     @property
@@ -48,13 +49,10 @@ class ActiveModel:
         version = active_version(self.root)
         if version == self._current.version:
             return False
-        with self._lock:
-            if version == self._current.version:
-                return False
-            served = self._load(version)
-            log.info("active model %s -> %s", self._current.version, version)
-            self._current = served
-            return True
+        served = self._load(version)
+        log.info("active model %s -> %s", self._current.version, version)
+        self._current = served
+        return True
 
     def _load(self, version: str) -> ServedModel:
         artifact = load_artifact(self.root, version)

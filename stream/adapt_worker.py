@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import faust
@@ -50,21 +51,17 @@ class BatchAdapter:
     def __init__(self, model: ActiveModel, feast: FeatureStoreConfig) -> None:
         self.model = model
         self.feast = feast
-        self._store: Any = None
-        self._writer: EmbeddingWriter | None = None
-        self._store_for: str | None = None
+        self._opened: tuple[tuple[str, int], Any, EmbeddingWriter] | None = None
 
     def _open(self, served: ServedModel) -> tuple[Any, EmbeddingWriter]:
-        """The store, re-opened when a model version reads other profile fields."""
+        """The store and writer, re-opened when a model version reads other profile fields
+        or has another embedding size."""
         fields = ",".join(served.artifact.schema.member_fields)
-        if self._store is None or self._store_for != fields:
-            self._store = open_feature_store(FeatureStoreConfig(
-                repo_dir=self.feast.repo_dir, online_store=self.feast.online_store,
-                project=self.feast.project, profile_fields=fields))
-            self._writer = EmbeddingWriter(self._store, served.artifact.model.config.meta_dim)
-            self._store_for = fields
-        assert self._writer is not None
-        return self._store, self._writer
+        key = (fields, served.artifact.model.config.meta_dim)
+        if self._opened is None or self._opened[0] != key:
+            store = open_feature_store(replace(self.feast, profile_fields=fields))
+            self._opened = (key, store, EmbeddingWriter(store, key[1]))
+        return self._opened[1], self._opened[2]
 
     def __call__(self, requests: list[AdaptRequest]) -> tuple[list[MemberEmbedding], int]:
         """Adapt and store; returns the embeddings written (not superseded) and how many were not."""
