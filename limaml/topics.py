@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -19,6 +20,12 @@ log = logging.getLogger(__name__)
 
 PRODUCER_PARTITIONER = "murmur2_random"
 """confluent-kafka's name for the Java client's partitioner, which Faust (aiokafka) uses too."""
+
+
+def member_partition(member_id: str, partitions: int) -> int:
+    """The partition a member's records land in: Kafka's default partitioner, murmur2 of
+    the key (the producers' `PRODUCER_PARTITIONER` and Faust's)."""
+    return (murmur2(member_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 @dataclass(frozen=True)
@@ -52,8 +59,6 @@ class KafkaConfig:
         return ";".join(f"kafka://{server.strip()}" for server in self.bootstrap.split(","))
 
 
-
-
 @dataclass(frozen=True)
 class TopicNames:
     prefix: str = "limaml"  # every topic name starts with this
@@ -74,9 +79,15 @@ class TopicNames:
         return f"{self.prefix}.adapt-requests"
 
     @property
-    def stale_checks(self) -> str:
-        """Internal to the stream workers: a timer's request to re-check a waiting member."""
-        return f"{self.prefix}.stream-stale-checks"
+    def sent_requests(self) -> str:
+        """Internal to the stream workers: the timer's adapt requests, for the owner to record."""
+        return f"{self.prefix}.stream-sent-requests"
+
+    @property
+    def refresh_requests(self) -> str:
+        """Members to re-adapt from their stored support set (a scoring service saw an
+        embedding of another model version; a backfill after a model switch), keyed by member_id."""
+        return f"{self.prefix}.refresh-requests"
 
     @property
     def meta_embeddings(self) -> str:
@@ -91,6 +102,7 @@ def topic_specs(config: KafkaConfig) -> dict[str, dict[str, str]]:
         names.interactions: {},
         names.dead_letters: {},
         names.adapt_requests: {},
+        names.refresh_requests: {},
         names.meta_embeddings: {"cleanup.policy": "compact"},  # the latest embedding per member
     }
 

@@ -5,6 +5,8 @@ model. It takes adapt requests in micro-batches, adapts every member of a batch 
 with the batched engine (off the event loop, on CUDA when present), writes the embeddings
 to the Feast online store in one push, and publishes them on the compacted
 `meta-embeddings` topic, which also tells the stream workers the request was answered.
+When a new model version becomes active it asks the stream workers, one record per
+partition of `refresh-requests`, to backfill: re-adapt every member under the new version.
 A crash loses nothing: Kafka redelivers uncommitted requests, and the writer never lets a
 redelivered or late request replace a newer embedding.
 """
@@ -29,7 +31,7 @@ from limaml.featurestore.embeddings import EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import read_member_profiles
 from limaml.stream.config import AdaptConfig
 from limaml.stream.metrics import AdaptMetrics
-from limaml.stream.records import AdaptRequest, MetaEmbedding
+from limaml.stream.records import AdaptRequest, MetaEmbedding, RefreshRequest
 from limaml.topics import KafkaConfig, TopicNames
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,8 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
                                key_serializer="raw")
     embeddings_topic = app.topic(names.meta_embeddings, key_type=str, value_type=MetaEmbedding,
                                  key_serializer="raw")
+    refresh_topic = app.topic(names.refresh_requests, key_type=str, value_type=RefreshRequest,
+                              key_serializer="raw")
     torch.set_num_threads(config.torch_threads)
     model = ActiveModel(config.artifacts_dir, config.device, config.compile)
     adapter = BatchAdapter(model, feast)
@@ -114,6 +118,8 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
         async for batch in stream.take(config.max_batch, within=config.max_wait_s):
             started = time.time()
             requests = newest_requests(list(batch))
+            for request in requests:
+                metrics.request_wait.observe(started - request.requested_at)
             written, superseded = await loop.run_in_executor(executor, adapter, requests)
             done = time.time()
             newest_produced = {r.member_id: r.newest_produced_at for r in requests}
@@ -132,7 +138,13 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
 
     @app.timer(interval=config.model_poll_s)
     async def pick_up_new_model() -> None:
-        await asyncio.get_running_loop().run_in_executor(executor, model.refresh)
+        if not await asyncio.get_running_loop().run_in_executor(executor, model.refresh):
+            return
+        version = model.current.version
+        for partition in range(kafka.partitions):
+            await refresh_topic.send(partition=partition, value=RefreshRequest(
+                member_id="", reason="backfill", model_version=version, requested_at=time.time(),
+                backfill=True))
 
     @app.page("/metrics")
     async def metrics_page(web: View, request: Request) -> Any:

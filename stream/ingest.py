@@ -5,14 +5,18 @@ their source offset), appends each member's events to its rolling support set in
 RocksDB table with a changelog topic, and sends adapt requests when the trigger policy
 says a member is due. Embeddings coming back answer the outstanding request.
 
-Tables are only changed by agents: a timer that finds a member whose check time has come
-(a new signal waiting too long, or a request unanswered too long) does not touch the
-tables, it sends a `StaleCheck` to the member's partition and the agent that owns the
-member decides.
+Tables are only changed by agents, which own the partition a member lives in. A timer
+finds the members whose check time has come (a new signal waiting too long, or a request
+unanswered too long) and sends their adapt requests at once; it may read the tables but
+not write them, so it also sends a `SentRequest` note that the member's owner records.
+Refresh requests (a scoring service saw an embedding of another model version) and
+backfills (a new model version became active) re-adapt members from their stored
+support sets.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -25,12 +29,32 @@ from limaml.adapters.events import DeadLetter, InvalidEvent, decode_event
 from limaml.stream.config import StreamConfig
 from limaml.stream.metrics import StreamMetrics
 from limaml.stream.policy import (Example, TriggerPolicy, apply_event, due_reason,
-                                  empty_support_set, mark_answered, mark_requested, next_check)
-from limaml.stream.records import AdaptRequest, MetaEmbedding, StaleCheck, SupportSet
-from limaml.topics import KafkaConfig, TopicNames
+                                  empty_support_set, mark_answered, mark_requested, mark_sent,
+                                  next_check)
+from limaml.stream.records import (AdaptRequest, MetaEmbedding, RefreshRequest, SentRequest,
+                                   SupportSet)
+from limaml.topics import KafkaConfig, TopicNames, member_partition
 
 log = logging.getLogger(__name__)
 
+BACKFILL_CHUNK = 500  # members re-requested between two yields to the event loop
+
+
+def drain_changelog_writes_before_commits(app: faust.App) -> None:
+    """Make Faust's pre-commit flush wait until every buffered table write is sent.
+
+    A table write is buffered in the producer's `ProducerBuffer`; before committing source
+    offsets Faust flushes that buffer, but its flush returns as soon as no message went out
+    for 0.1 s (a busy event loop on a loaded machine) and the commit goes ahead. A crash
+    right after would lose the changelog writes of committed events, so a recovered support
+    set would miss them. This replaces the buffer's flush with one that drains it."""
+    buffer = app.producer.buffer
+
+    async def flush_until_empty() -> None:
+        while buffer.size:
+            await buffer.flush_atmost(None)
+
+    buffer.flush = flush_until_empty  # type: ignore[method-assign]
 MB = 1024 * 1024
 
 
@@ -49,6 +73,7 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
         web_host=config.web_bind,
         **kafka.faust_settings(),
     )
+    drain_changelog_writes_before_commits(app)
     interactions = app.topic(names.interactions, key_type=bytes, value_type=bytes,
                              key_serializer="raw", value_serializer="raw")
     dead_letters = app.topic(names.dead_letters, key_type=bytes, value_type=bytes,
@@ -57,9 +82,10 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
                                key_serializer="raw")
     embeddings = app.topic(names.meta_embeddings, key_type=str, value_type=MetaEmbedding,
                            key_serializer="raw")
-    stale_checks = app.topic(names.stale_checks, key_type=str,
-                             value_type=StaleCheck, key_serializer="raw", internal=True,
-                             partitions=kafka.partitions)
+    sent_requests = app.topic(names.sent_requests, key_type=str, value_type=SentRequest,
+                              key_serializer="raw", internal=True, partitions=kafka.partitions)
+    refresh_requests = app.topic(names.refresh_requests, key_type=str, value_type=RefreshRequest,
+                                 key_serializer="raw")
     rocksdb_options = {"driver": "rocksdict", "block_cache_size": config.rocksdb_cache_mb * MB,
                        "block_cache_compressed_size": config.rocksdb_cache_mb * MB // 4,
                        "write_buffer_size": 8 * MB}
@@ -68,17 +94,33 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
     check_times = app.Table("check-times", key_type=str, value_type=float,
                             partitions=kafka.partitions, options=rocksdb_options)
     """member_id -> when the member may come due without a new event (see `next_check`)."""
+    backfilled = app.Table("backfilled-versions", key_type=str, value_type=str,
+                           partitions=kafka.partitions, options=rocksdb_options)
+    """str(partition) -> the model version the partition's members were last backfilled for."""
+    timer_sent: dict[str, tuple[int, float]] = {}
+    """member_id -> (seq, when) of the timer's request not yet seen recorded: not resent
+    meanwhile. A cache only: losing it (a restart) costs at most one duplicate request."""
 
-    async def request_if_due(member_id: str, state: SupportSet, now: float) -> SupportSet:
-        reason = due_reason(state, now, policy)
-        if reason is None:
-            return state
+    async def send_request(member_id: str, state: SupportSet, reason: str, now: float) -> None:
         await adapt_requests.send(key=member_id, value=AdaptRequest(
             member_id=member_id, seq=state.seq, item_ids=state.item_ids, labels=state.labels,
             contexts=state.contexts, newest_event_ts=state.newest_event_ts,
             newest_produced_at=state.newest_produced_at,
             reason=reason, requested_at=now))
         metrics.requests.labels(reason).inc()
+
+    async def request_if_due(member_id: str, state: SupportSet, now: float) -> SupportSet:
+        reason = due_reason(state, now, policy)
+        if reason is None:
+            return state
+        await send_request(member_id, state, reason, now)
+        return mark_requested(state, now)
+
+    async def request_now(member_id: str, state: SupportSet, reason: str, now: float) -> SupportSet:
+        """Request a re-adaptation unless a request is outstanding (and not timed out)."""
+        if state.requested_seq >= 0 and due_reason(state, now, policy) != "timeout":
+            return state
+        await send_request(member_id, state, reason, now)
         return mark_requested(state, now)
 
     def store(member_id: str, before: SupportSet | None, state: SupportSet) -> None:
@@ -129,22 +171,62 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
                 store(embedding.member_id, state,
                       await request_if_due(embedding.member_id, updated, time.time()))
 
-    @app.agent(stale_checks)
-    async def recheck(stream: faust.StreamT) -> None:
-        async for check in stream:
-            state = support_sets.get(check.member_id)
+    @app.agent(sent_requests)
+    async def record_sent(stream: faust.StreamT) -> None:
+        async for note in stream:
+            state = support_sets.get(note.member_id)
+            updated = mark_sent(state, note.seq, note.sent_at) if state is not None else None
+            if updated is not None:
+                store(note.member_id, state, updated)
+
+    @app.agent(refresh_requests)
+    async def refresh(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            request: RefreshRequest = event.value
+            if request.backfill:
+                await backfill(event.message.partition, request.model_version)
+                continue
+            state = support_sets.get(request.member_id)
             if state is not None:
-                updated = await request_if_due(check.member_id, state, time.time())
+                updated = await request_now(request.member_id, state, request.reason, time.time())
                 if updated is not state:
-                    store(check.member_id, state, updated)
+                    store(request.member_id, state, updated)
+
+    async def backfill(partition: int, model_version: str) -> None:
+        """Re-adapt every member of `partition` (once per model version)."""
+        if backfilled.get(str(partition)) == model_version:
+            return
+        members = [m for m in support_sets.keys() if member_partition(m, kafka.partitions) == partition]
+        log.info("backfill for model %s: %d members of partition %d", model_version, len(members),
+                 partition)
+        for start in range(0, len(members), BACKFILL_CHUNK):
+            for member_id in members[start:start + BACKFILL_CHUNK]:
+                state = support_sets.get(member_id)
+                if state is not None:
+                    updated = await request_now(member_id, state, "backfill", time.time())
+                    if updated is not state:
+                        store(member_id, state, updated)
+            await asyncio.sleep(0)  # let ingestion go on between chunks
+        backfilled[str(partition)] = model_version
 
     @app.timer(interval=config.check_interval_s)
     async def find_due_members() -> None:
         now = time.time()
-        for member_id, check_at in list(check_times.items()):
-            if check_at <= now:
-                await stale_checks.send(key=member_id, value=StaleCheck(member_id=member_id,
-                                                                        checked_at=now))
+        due = [member_id for member_id, check_at in list(check_times.items()) if check_at <= now]
+        for member_id in set(timer_sent) - set(due):
+            del timer_sent[member_id]
+        for member_id in due:
+            state = support_sets.get(member_id)
+            reason = due_reason(state, now, policy) if state is not None else None
+            if state is None or reason is None:
+                continue
+            sent = timer_sent.get(member_id)
+            if sent is not None and sent[0] == state.seq and now - sent[1] < policy.request_timeout_s:
+                continue  # sent already; its note is on the way
+            await send_request(member_id, state, reason, now)
+            await sent_requests.send(key=member_id, value=SentRequest(member_id=member_id,
+                                                                      seq=state.seq, sent_at=now))
+            timer_sent[member_id] = (state.seq, now)
 
     @app.page("/metrics")
     async def metrics_page(web: View, request: Request) -> Any:

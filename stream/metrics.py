@@ -42,6 +42,9 @@ class AdaptMetrics:
         self.batch_seconds = Histogram("limaml_adapt_batch_seconds",
                                        "Adaptation and write time per micro-batch",
                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.request_wait = Histogram("limaml_adapt_request_wait_seconds",
+                                      "Adapt request sent -> its micro-batch starts",
+                                      buckets=LATENCY_BUCKETS, registry=r)
         self.freshness = Histogram("limaml_freshness_seconds",
                                    "Event produced -> its embedding readable in the online store",
                                    buckets=LATENCY_BUCKETS, registry=r)

@@ -5,6 +5,11 @@ event that has waited `max_staleness_s`. At most one request per member is outst
 signals arriving meanwhile are coalesced into the next request, sent when the
 outstanding one is answered (its embedding comes back) or times out. Pure functions of a
 `SupportSet` so the policy is tested without Kafka.
+
+A request is sent either by the agent that owns the member (`mark_requested` at once) or by
+the stream worker's timer, which may read tables but not write them: its request is
+recorded when the owner reads the timer's note (`mark_sent`), possibly after new events
+or even after the answer, so `answered_seq` remembers the newest answer.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ class TriggerPolicy:
 
 def empty_support_set() -> SupportSet:
     return SupportSet(seq=0, item_ids=[], labels=[], contexts=[], newest_event_ts=0,
-                      newest_produced_at=0.0, last_offset=-1, pending=0, oldest_pending_at=0.0, requested_seq=-1,
-                      requested_at=0.0)
+                      newest_produced_at=0.0, last_offset=-1, pending=0, oldest_pending_at=0.0,
+                      requested_seq=-1, requested_at=0.0, answered_seq=-1)
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ def apply_event(state: SupportSet, example: Example, offset: int, now: float,
         oldest_pending_at=state.oldest_pending_at if state.pending else now,
         requested_seq=state.requested_seq,
         requested_at=state.requested_at,
+        answered_seq=state.answered_seq,
     )
 
 
@@ -90,8 +96,25 @@ def mark_requested(state: SupportSet, now: float) -> SupportSet:
     return state.derive(pending=0, oldest_pending_at=0.0, requested_seq=state.seq, requested_at=now)
 
 
+def mark_sent(state: SupportSet, seq: int, sent_at: float) -> SupportSet | None:
+    """The state once the timer's request for `seq` (sent at `sent_at`) is recorded, or None
+    if it changes nothing: a newer request is outstanding or answered already. Events
+    applied after the snapshot stay pending, dated `sent_at` (they arrived later, so they
+    come due no later than they should)."""
+    if seq <= state.answered_seq or seq < state.requested_seq:
+        return None
+    if seq == state.requested_seq:  # a timed-out request sent again
+        return state.derive(requested_at=sent_at) if sent_at > state.requested_at else None
+    pending = state.seq - seq
+    return state.derive(pending=pending, oldest_pending_at=sent_at if pending else 0.0,
+                        requested_seq=seq, requested_at=sent_at)
+
+
 def mark_answered(state: SupportSet, answered_seq: int) -> SupportSet | None:
     """The state once an embedding for `answered_seq` arrived, or None if it changes nothing."""
-    if state.requested_seq < 0 or answered_seq < state.requested_seq:
+    settled = 0 <= state.requested_seq <= answered_seq  # a re-adaptation asks for a seq again
+    if answered_seq <= state.answered_seq and not settled:
         return None
-    return state.derive(requested_seq=-1, requested_at=0.0)
+    return state.derive(answered_seq=max(answered_seq, state.answered_seq),
+                        requested_seq=-1 if settled else state.requested_seq,
+                        requested_at=0.0 if settled else state.requested_at)

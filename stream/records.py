@@ -29,6 +29,7 @@ class SupportSet(faust.Record, serializer="json", include_metadata=False):
     oldest_pending_at: float  # when the oldest of those arrived (s)
     requested_seq: int  # seq of the outstanding request, -1 when none
     requested_at: float  # when that request was sent (s)
+    answered_seq: int = -1  # seq of the newest embedding that came back
 
 
 class AdaptRequest(faust.Record, serializer="json", include_metadata=False):
@@ -41,15 +42,16 @@ class AdaptRequest(faust.Record, serializer="json", include_metadata=False):
     contexts: List[Dict[str, float]]
     newest_event_ts: int
     newest_produced_at: float
-    reason: str  # "signals", "stale" or "timeout"
+    reason: str  # "signals", "stale", "timeout", "version" or "backfill"
     requested_at: float
 
 
-class StaleCheck(faust.Record, serializer="json", include_metadata=False):
-    """Internal topic: a timer asks the member's owner to re-check its trigger policy."""
+class SentRequest(faust.Record, serializer="json", include_metadata=False):
+    """Internal topic: the timer sent an adapt request; the member's owner records it."""
 
     member_id: str
-    checked_at: float
+    seq: int  # the support-set seq the request snapshotted
+    sent_at: float
 
 
 class MetaEmbedding(faust.Record, serializer="json", include_metadata=False):
@@ -63,3 +65,14 @@ class MetaEmbedding(faust.Record, serializer="json", include_metadata=False):
     newest_event_ts: int  # event time of the newest support example, epoch ms
     newest_produced_at: float  # Kafka timestamp of that event (s)
     adapted_at: float  # when the embedding was computed (s)
+
+
+class RefreshRequest(faust.Record, serializer="json", include_metadata=False):
+    """Topic `limaml.refresh-requests`: re-adapt a member, or every member of the partition
+    it is sent to, from the stored support set (see `limaml.refresh`)."""
+
+    member_id: str  # "" when `backfill`
+    reason: str  # "version" (a reader saw another model version's embedding) or "backfill"
+    model_version: str  # the version the requester wants embeddings of
+    requested_at: float  # when it was asked (s)
+    backfill: bool = False  # every member of this partition with a support set

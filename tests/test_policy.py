@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from limaml.stream.adapt_worker import newest_requests
 from limaml.stream.policy import (Example, TriggerPolicy, apply_event, due_reason,
-                                  empty_support_set, mark_answered, mark_requested, next_check)
+                                  empty_support_set, mark_answered, mark_requested, mark_sent,
+                                  next_check)
 from limaml.stream.records import AdaptRequest, SupportSet
 
 POLICY = TriggerPolicy(support_size=3, min_new_signals=2, max_staleness_s=10.0, request_timeout_s=60.0)
@@ -57,7 +58,8 @@ def test_signals_during_an_outstanding_request_are_coalesced_into_the_next() -> 
     busy = apply_event(apply_event(requested, example(2), 2, 6.0, 3), example(3), 3, 6.0, 3)
     assert busy is not None and busy.pending == 2
     assert due_reason(busy, now=7.0, policy=POLICY) is None  # one outstanding request at most
-    assert mark_answered(busy, answered_seq=1) is None  # an older answer does not count
+    older = mark_answered(busy, answered_seq=1)  # an older answer does not settle the request
+    assert older is not None and older.requested_seq == 2 and due_reason(older, 7.0, POLICY) is None
     answered = mark_answered(busy, answered_seq=2)
     assert answered is not None and due_reason(answered, now=7.0, policy=POLICY) == "signals"
 
@@ -84,3 +86,42 @@ def test_a_micro_batch_keeps_the_newest_request_of_each_member() -> None:
                             requested_at=0.0)
     kept = newest_requests([request("a", 3), request("b", 1), request("a", 7), request("a", 5)])
     assert sorted((r.member_id, r.seq) for r in kept) == [("a", 7), ("b", 1)]
+
+
+def test_the_timers_request_is_recorded_with_later_events_still_pending() -> None:
+    due = applied(3, now=0.0)  # pending 3, stale at 10 s
+    later = apply_event(due, example(3), offset=3, now=11.0, support_size=3)  # after the snapshot
+    assert later is not None
+    recorded = mark_sent(later, seq=3, sent_at=10.5)
+    assert recorded is not None
+    assert (recorded.requested_seq, recorded.requested_at) == (3, 10.5)
+    assert (recorded.pending, recorded.oldest_pending_at) == (1, 10.5)
+    assert due_reason(recorded, now=12.0, policy=POLICY) is None  # outstanding
+
+
+def test_a_timer_note_arriving_after_its_answer_or_a_newer_request_changes_nothing() -> None:
+    due = applied(3, now=0.0)
+    answered = mark_answered(mark_requested(due, now=1.0), answered_seq=3)
+    assert answered is not None
+    assert mark_sent(answered, seq=3, sent_at=0.5) is None
+    newer = mark_requested(apply_event(due, example(3), 3, 2.0, 3), now=2.0)  # requested seq 4
+    assert mark_sent(newer, seq=3, sent_at=1.5) is None
+
+
+def test_a_timed_out_request_sent_again_by_the_timer_restarts_its_clock() -> None:
+    requested = mark_requested(applied(2), now=0.0)
+    assert due_reason(requested, now=60.0, policy=POLICY) == "timeout"
+    resent = mark_sent(requested, seq=2, sent_at=60.0)
+    assert resent is not None and resent.requested_at == 60.0
+    assert due_reason(resent, now=61.0, policy=POLICY) is None
+    assert mark_sent(resent, seq=2, sent_at=60.0) is None
+
+
+def test_a_re_adaptation_of_an_answered_seq_is_settled_by_its_answer() -> None:
+    answered = mark_answered(mark_requested(applied(2), now=0.0), answered_seq=2)
+    assert answered is not None
+    again = mark_requested(answered, now=5.0)  # a backfill or a version refresh, no new event
+    assert again.requested_seq == 2 and due_reason(again, now=6.0, policy=POLICY) is None
+    settled = mark_answered(again, answered_seq=2)
+    assert settled is not None and settled.requested_seq == -1 and settled.answered_seq == 2
+    assert mark_answered(settled, answered_seq=2) is None

@@ -24,6 +24,7 @@ from limaml.encoding import FeatureEncoder
 from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
+from limaml.refresh import RefreshRequester
 from limaml.stream.records import AdaptRequest
 from limaml.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
 from limaml.train import TrainConfig, meta_train
@@ -207,15 +208,36 @@ def test_events_in_embeddings_out_and_stale_requests_never_regress_them(
     version = save_artifact(artifacts, retrained, FeatureSchema.from_log(dataset), metrics, {})
     poll(lambda: (adapt.get_json("/model") or {}).get("version") == version, 60,
          "the adaptation worker to switch to the new ACTIVE version")
+    # The switch backfills: every member is re-adapted under the new version, no new event needed.
+    poll(lambda: all(e is not None and e.model_version == version and e.seq == len(expected[m])
+                     for m, e in reader.read(list(expected)).items()), 90,
+         f"every member's embedding re-made by {version}")
+    assert requests_sent(stream, "backfill") >= len(expected)
+
+    # A reader that meets an embedding of another version asks for a re-adaptation.
+    before = requests_sent(stream, "version")
+    requester = RefreshRequester(pipeline.kafka)
+    requester.request(member, "version", version)
+    requester.close()
+    poll(lambda: requests_sent(stream, "version") > before, 60, "the refresh request to be served",
+         describe=lambda: f"support set {stream.get_json(f'/members/{member}/')}, stream log:\n"
+                          f"{stream.log_tail(15)}")
     newer = [replace(e, event_id=f"{e.event_id}:again", ts=e.ts + 1) for e in expected[member][-3:]]
     pipeline.send_events(newer)
-    updated = poll(lambda: (e := reader.read([member])[member]) is not None
-                   and e.model_version == version and e, 60,
-                   f"{member}'s embedding from the new version {version}",
-                   describe=lambda: f"{reader.read([member])[member]}, support set "
-                                    f"{stream.get_json(f'/members/{member}/')}, adapt log:\n"
-                                    f"{adapt.log_tail(15)}")
-    assert updated.seq == len(expected[member]) + len(newer)
+    total = len(expected[member]) + len(newer)
+    poll(lambda: (e := reader.read([member])[member]) is not None
+         and (e.model_version, e.seq) == (version, total), 60,
+         f"{member}'s embedding of its new events from the new version {version}",
+         describe=lambda: f"{reader.read([member])[member]}, support set "
+                          f"{stream.get_json(f'/members/{member}/')}, adapt log:\n"
+                          f"{adapt.log_tail(15)}")
+
+
+def requests_sent(stream: Worker, reason: str) -> float:
+    """The stream worker's adapt requests sent for `reason`."""
+    sample = f'limaml_stream_adapt_requests_total{{reason="{reason}"}} '
+    lines = (stream.get("/metrics") or b"").decode().splitlines()
+    return next((float(line.split()[-1]) for line in lines if line.startswith(sample)), 0.0)
 
 
 def test_support_sets_survive_kill_9_without_loss_or_double_counting(

@@ -17,7 +17,7 @@ from limaml.adapters.events import InteractionEvent, decode_event, events_from_l
 from limaml.adapters.registry import load_dataset
 from limaml.adapters.replay import ReplayConfig, connect, replay_events, run_replay
 from limaml.cli import main
-from limaml.topics import KafkaConfig, topic_specs
+from limaml.topics import KafkaConfig, member_partition, topic_specs
 
 from .conftest import TOPIC_READY_TIMEOUT_S, TopicFactory
 
@@ -83,6 +83,7 @@ def test_every_event_arrives_exactly_once_keyed_and_in_member_order(kafka: Kafka
     java_partitioner = DefaultPartitioner()
     partitions = list(range(PARTITIONS))
     assert all(m.partition() == java_partitioner(m.key(), partitions, partitions) for m in messages)
+    assert all(m.partition() == member_partition(m.key().decode(), PARTITIONS) for m in messages)
     # The record timestamp is the send time, so retention keeps the events; event time is `ts`.
     assert all(m.timestamp()[1] >= started_ms - 60_000 for m in messages)
 
