@@ -137,6 +137,11 @@ def percentiles(values: list[float]) -> tuple[float, float, float]:
     return float(p50), float(p95), float(p99)
 
 
+def mean(worker: Worker, histogram: str) -> float:
+    """The mean of a worker's Prometheus histogram."""
+    return worker.metric(f"{histogram}_sum") / max(worker.metric(f"{histogram}_count"), 1)
+
+
 def freshness_phase(stack: Stack, label: str, **replay_options: float) -> dict[str, float]:
     stream, adapt = stack.start("stream"), stack.start("adapt")
     watcher = EmbeddingWatcher(stack.kafka.bootstrap, TopicNames(stack.kafka.topic_prefix).meta_embeddings)
@@ -158,10 +163,16 @@ def freshness_phase(stack: Stack, label: str, **replay_options: float) -> dict[s
               "batches_per_s": batches / seconds,
               "mean_batch": adapt.metric("limaml_adapt_batch_size_sum") / max(batches, 1),
               "batch_s": adapt.metric("limaml_adapt_batch_seconds_sum") / max(batches, 1),
+              "ingest_lag_s": mean(stream, "limaml_stream_ingest_lag_seconds"),
+              "trigger_delay_s": mean(adapt, "limaml_adapt_trigger_delay_seconds"),
+              "request_wait_s": mean(adapt, "limaml_adapt_request_wait_seconds"),
               "p50": p50, "p95": p95, "p99": p99}
     print(f"{label}: {sent} events in {seconds:.1f} s, {result['embeddings']} embeddings, "
           f"{result['batches_per_s']:.1f} adaptation batches/s (mean {result['mean_batch']:.1f} "
-          f"members, {1000 * result['batch_s']:.0f} ms), freshness p50 {p50:.3f} s  p95 {p95:.3f} s  p99 {p99:.3f} s")
+          f"members, {1000 * result['batch_s']:.0f} ms), freshness p50 {p50:.3f} s  p95 {p95:.3f} s  "
+          f"p99 {p99:.3f} s; mean stage times: event applied {result['ingest_lag_s']:.3f} s after it "
+          f"was produced, request sent {result['trigger_delay_s']:.3f} s after it, micro-batch "
+          f"started {result['request_wait_s']:.3f} s after that")
     stream.stop()
     adapt.stop()
     return result

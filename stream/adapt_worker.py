@@ -120,6 +120,7 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
             requests = newest_requests(list(batch))
             for request in requests:
                 metrics.request_wait.observe(started - request.requested_at)
+                metrics.trigger_delay.observe(request.requested_at - request.newest_produced_at)
             written, superseded = await loop.run_in_executor(executor, adapter, requests)
             done = time.time()
             newest_produced = {r.member_id: r.newest_produced_at for r in requests}

@@ -98,8 +98,9 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
                            partitions=kafka.partitions, options=rocksdb_options)
     """str(partition) -> the model version the partition's members were last backfilled for."""
     timer_sent: dict[str, tuple[int, float]] = {}
-    """member_id -> (seq, when) of the timer's request not yet seen recorded: not resent
-    meanwhile. A cache only: losing it (a restart) costs at most one duplicate request."""
+    """member_id -> (seq, when) of the timer's latest request: none is sent again until the
+    owner has recorded it (or its answer). A cache only: losing it (a restart) costs at
+    most one duplicate request."""
 
     async def send_request(member_id: str, state: SupportSet, reason: str, now: float) -> None:
         await adapt_requests.send(key=member_id, value=AdaptRequest(
@@ -160,6 +161,7 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
                 metrics.duplicates.inc()
                 continue
             metrics.events.inc()
+            metrics.ingest_lag.observe(now - message.timestamp)
             store(member_id, before, await request_if_due(member_id, state, now))
 
     @app.agent(embeddings)
@@ -221,8 +223,9 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
             if state is None or reason is None:
                 continue
             sent = timer_sent.get(member_id)
-            if sent is not None and sent[0] == state.seq and now - sent[1] < policy.request_timeout_s:
-                continue  # sent already; its note is on the way
+            if (sent is not None and max(state.requested_seq, state.answered_seq) < sent[0]
+                    and now - sent[1] < policy.request_timeout_s):
+                continue  # sent already; its note (or answer) is on the way
             await send_request(member_id, state, reason, now)
             await sent_requests.send(key=member_id, value=SentRequest(member_id=member_id,
                                                                       seq=state.seq, sent_at=now))

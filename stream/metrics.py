@@ -23,6 +23,9 @@ class StreamMetrics:
                                     registry=r)
         self.requests = Counter("limaml_stream_adapt_requests", "Adapt requests sent",
                                 ["reason"], registry=r)
+        self.ingest_lag = Histogram("limaml_stream_ingest_lag_seconds",
+                                    "Event produced -> applied to its support set",
+                                    buckets=LATENCY_BUCKETS, registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -41,6 +44,9 @@ class AdaptMetrics:
                                     buckets=BATCH_BUCKETS, registry=r)
         self.batch_seconds = Histogram("limaml_adapt_batch_seconds",
                                        "Adaptation and write time per micro-batch",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.trigger_delay = Histogram("limaml_adapt_trigger_delay_seconds",
+                                       "Newest event produced -> its adapt request sent",
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.request_wait = Histogram("limaml_adapt_request_wait_seconds",
                                       "Adapt request sent -> its micro-batch starts",
