@@ -1,5 +1,7 @@
 # The two set-up commands of the README:
-#   make demo   install, then meta-train a model on the built-in synthetic log
+#   make demo   install, then run the whole pipeline locally (limaml demo): a Kafka broker, the
+#               workers and the scoring service on a replay of the built-in synthetic log,
+#               with a model trained first if none fits; it scores one member and stops
 #   make test   install, then run every test (a real Kafka broker is started for them)
 
 PYTHON ?= python3
@@ -18,8 +20,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/limaml train --dataset synthetic --artifacts-dir artifacts
-	$(BIN)/limaml models --artifacts-dir artifacts
+	bash deploy/kafka.sh fetch
+	$(BIN)/limaml demo --dataset synthetic --artifacts-dir artifacts
 
 # pytest exits 5 when it collects no test: that is a failure here, not a pass.
 test: install

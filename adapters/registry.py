@@ -1,4 +1,4 @@
-"""Dataset specs (`synthetic:seed=3`, `movielens:/path`) to interaction logs."""
+"""Dataset specs (`synthetic:seed=3`, `movielens:/path`, `table:/path`) to interaction logs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from limaml.adapters.movielens import fetch_movielens, load_movielens
 from limaml.adapters.synthetic import SyntheticConfig, generate_synthetic
+from limaml.adapters.tabular import load_table
 from limaml.data import InteractionLog
 
 ACCEPTED_FORMS = (
@@ -16,6 +17,8 @@ ACCEPTED_FORMS = (
     "'synthetic:key=value,...' (SyntheticConfig overrides, e.g. synthetic:n_members=2000,seed=3)",
     "'movielens' (download ml-100k into the cache, or reuse it)",
     "'movielens:/path/to/ml-100k' (an extracted ml-100k directory)",
+    "'table:/path/to/dir' (your own data: interactions.csv or .parquet, optional members and "
+    "items tables; see adapters/tabular.py)",
 )
 
 
@@ -57,4 +60,8 @@ def load_dataset(spec: str) -> InteractionLog:
         if separator and not argument:
             raise ValueError("dataset spec 'movielens:' needs a directory after the colon")
         return load_movielens(Path(argument) if separator else fetch_movielens())
+    if name == "table":
+        if not argument:
+            raise ValueError(f"dataset spec {spec!r} needs a directory: table:/path/to/dir")
+        return load_table(Path(argument))
     raise ValueError(f"unknown dataset spec {spec!r}; accepted forms: {'; '.join(ACCEPTED_FORMS)}")

@@ -14,9 +14,11 @@ from typing import Any
 from limaml.adapters import replay
 from limaml.artifacts import ArtifactError, active_version, load_artifact, save_artifact, set_active
 from limaml.config import MODEL_TUNABLES, ModelConfig
+from limaml.deploy.stack import DEMO_DEFAULTS, StackConfig
 from limaml.evaluation.config import (EVAL_DEFAULTS, EVAL_TRAIN_FIELDS, QUICK, AblationConfig,
                                       BaselineConfig, EvalConfig, with_defaults)
 from limaml.featurestore.store import FeatureStoreConfig
+from limaml.serving.config import ServeConfig
 from limaml.settings import ConfigError, Section, add_arguments, resolve
 from limaml.stream.config import AdaptConfig, StreamConfig
 from limaml.topics import KafkaConfig
@@ -30,10 +32,13 @@ FEAST_SECTION = Section.of("feast", FeatureStoreConfig, ("repo_dir", "online_sto
 PROFILE_SECTIONS = (FEAST_SECTION,)
 WORKER_SECTIONS = {"stream": (Section.of("kafka", KafkaConfig), Section.of("stream", StreamConfig)),
                    "adapt": (Section.of("kafka", KafkaConfig), Section.of("adapt", AdaptConfig), FEAST_SECTION)}
+SERVE_SECTIONS = (Section.of("kafka", KafkaConfig), Section.of("serve", ServeConfig), FEAST_SECTION)
 EVAL_SECTIONS = with_defaults(
     (Section.of("eval", EvalConfig), Section.of("train", TrainConfig, EVAL_TRAIN_FIELDS),
      Section.of("model", ModelConfig, MODEL_TUNABLES), Section.of("baselines", BaselineConfig)), EVAL_DEFAULTS)
 ABLATE_SECTIONS = (*EVAL_SECTIONS[:3], Section.of("ablation", AblationConfig))
+UP_SECTIONS = (Section.of("up", StackConfig),)
+DEMO_SECTIONS = with_defaults(UP_SECTIONS, DEMO_DEFAULTS)
 
 
 def emit(result: dict[str, Any]) -> None:
@@ -108,6 +113,14 @@ def run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    from limaml.serving.run import run_serve as serve
+
+    settings = resolve(SERVE_SECTIONS, args.config, args)
+    return serve(KafkaConfig(**settings["kafka"]), ServeConfig(**settings["serve"]),
+                 FeatureStoreConfig(**settings["feast"]))
+
+
 def run_profiles(args: argparse.Namespace) -> int:
     """Write a dataset's member profiles (the meta block's inputs) to the Feast store."""
     from limaml.adapters.registry import load_dataset
@@ -134,6 +147,15 @@ def run_models(args: argparse.Namespace) -> int:
     emit({"active": active, "path": str(artifact.path), "versions": versions,
           "metrics": {k: v for k, v in artifact.metrics.items() if k != "history"}})
     return 0
+
+
+def run_up(args: argparse.Namespace) -> int:
+    """The local stack: until Ctrl-C (up), or until one member is scored (demo)."""
+    from limaml.deploy.stack import run_stack
+
+    demo = args.command == "demo"
+    settings = resolve(DEMO_SECTIONS if demo else UP_SECTIONS, args.config, args)
+    return run_stack(StackConfig(**settings["up"]), demo=demo, config_file=args.config)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments(worker, WORKER_SECTIONS[kind])
         worker.set_defaults(run=run_worker)
 
+    serve = commands.add_parser("serve", help="run the scoring service: POST /v1/score ranks a member's "
+                                              "candidates (docs at /docs)")
+    serve.add_argument("--config", type=Path, help="TOML file with [kafka], [serve] and [feast] tables")
+    add_arguments(serve, SERVE_SECTIONS)
+    serve.set_defaults(run=run_serve)
+
     profiles = commands.add_parser("profiles", help="write a dataset's member profiles to Feast")
     profiles.add_argument("--dataset", default="synthetic", help="dataset spec, as for train")
     profiles.add_argument("--config", type=Path, help="TOML file with a [feast] table")
@@ -183,6 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"))
     models.add_argument("--activate", metavar="VERSION", help="make VERSION the active model")
     models.set_defaults(run=run_models)
+
+    for name, sections, text in (
+            ("up", UP_SECTIONS, "the local stack without Docker: Kafka broker, stream and adaptation "
+                                "workers, scoring service and a replay, with a live view; Ctrl-C stops it"),
+            ("demo", DEMO_SECTIONS, "train a model if none fits, run the local stack on a finite replay, "
+                                    "score one member through the service, stop")):
+        stack = commands.add_parser(name, help=text, description=text)
+        stack.add_argument("--config", type=Path, help="TOML file with an [up] table; it is also handed to "
+                           "the workers, so its [kafka], [stream], [adapt], [serve] tables tune them")
+        add_arguments(stack, sections)
+        stack.set_defaults(run=run_up)
     return parser
 
 

@@ -24,7 +24,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 KAFKA_SH = REPO_ROOT / "deploy" / "kafka.sh"
 KAFKA_START_TIMEOUT_S = 300  # a cold jar download plus a broker start on a busy 2-core machine
 KAFKA_STOP_TIMEOUT_S = 60
+PROMETHEUS_MULTIPROCESS_VARS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
 T = TypeVar("T")
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a limaml child process: unbuffered output, and not the metric-file
+    directory a parent that imported Feast points prometheus_client to (see limaml/__init__.py)."""
+    env = {name: value for name, value in os.environ.items() if name not in PROMETHEUS_MULTIPROCESS_VARS}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
 
 def free_port() -> int:
@@ -98,11 +107,17 @@ class Worker:
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Worker:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+    def spawn(self) -> Worker:
+        """Start the process in its own session, without waiting for it to answer."""
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen([LIMAML, *self.args], stdout=log, stderr=subprocess.STDOUT,
-                                            env=env, start_new_session=True)
+                                            stdin=subprocess.DEVNULL, env=child_env(),
+                                            start_new_session=True)
+        return self
+
+    def start(self) -> Worker:
+        """Start the process and wait until it serves /metrics."""
+        self.spawn()
         poll(lambda: self.ensure_alive() and self.get("/metrics") is not None, 120,
              f"{self.name} to serve /metrics")
         return self

@@ -26,7 +26,10 @@ class RefreshRequester:
         self.topic = TopicNames(kafka.topic_prefix).refresh_requests
         self.producer = Producer({"bootstrap.servers": kafka.bootstrap,
                                   "partitioner": PRODUCER_PARTITIONER, "linger.ms": 5,
-                                  "message.timeout.ms": 30_000})
+                                  "message.timeout.ms": 30_000,
+                                  # the workers create the topic with the configured partitions
+                                  "allow.auto.create.topics": False},
+                                 logger=log)  # librdkafka's complaints through logging, not stderr
         self.failed = 0  # requests the broker did not take
 
     def request(self, member_id: str, reason: str, model_version: str) -> None:

@@ -84,6 +84,12 @@ class TopicNames:
         return f"{self.prefix}.stream-sent-requests"
 
     @property
+    def adapt_answers(self) -> str:
+        """Every served adapt request, its embedding written or superseded by a stored newer
+        one, keyed by member_id: what settles the stream workers' outstanding request."""
+        return f"{self.prefix}.adapt-answers"
+
+    @property
     def refresh_requests(self) -> str:
         """Members to re-adapt from their stored support set (a scoring service saw an
         embedding of another model version; a backfill after a model switch), keyed by member_id."""
@@ -102,6 +108,7 @@ def topic_specs(config: KafkaConfig) -> dict[str, dict[str, str]]:
         names.interactions: {},
         names.dead_letters: {},
         names.adapt_requests: {},
+        names.adapt_answers: {},
         names.refresh_requests: {},
         names.meta_embeddings: {"cleanup.policy": "compact"},  # the latest embedding per member
     }

@@ -4,7 +4,8 @@ Stateless: a request carries the member's support set, the worker holds only the
 model. It takes adapt requests in micro-batches, adapts every member of a batch at once
 with the batched engine (off the event loop, on CUDA when present), writes the embeddings
 to the Feast online store in one push, and publishes them on the compacted
-`meta-embeddings` topic, which also tells the stream workers the request was answered.
+`meta-embeddings` topic, and answers every request on `adapt-answers` (written or not:
+a request whose embedding is superseded must still settle the member's outstanding one).
 When a new model version becomes active it asks the stream workers, one record per
 partition of `refresh-requests`, to backfill: re-adapt every member under the new version.
 A crash loses nothing: Kafka redelivers uncommitted requests, and the writer never lets a
@@ -31,7 +32,7 @@ from limaml.featurestore.embeddings import EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import read_member_profiles
 from limaml.stream.config import AdaptConfig
 from limaml.stream.metrics import AdaptMetrics
-from limaml.stream.records import AdaptRequest, MetaEmbedding, RefreshRequest
+from limaml.stream.records import AdaptAnswer, AdaptRequest, MetaEmbedding, RefreshRequest
 from limaml.topics import KafkaConfig, TopicNames
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,8 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
                                key_serializer="raw")
     embeddings_topic = app.topic(names.meta_embeddings, key_type=str, value_type=MetaEmbedding,
                                  key_serializer="raw")
+    answers_topic = app.topic(names.adapt_answers, key_type=str, value_type=AdaptAnswer,
+                              key_serializer="raw")
     refresh_topic = app.topic(names.refresh_requests, key_type=str, value_type=RefreshRequest,
                               key_serializer="raw")
     torch.set_num_threads(config.torch_threads)
@@ -132,6 +135,11 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
                     newest_produced_at=newest_produced[embedding.member_id],
                     adapted_at=embedding.adapted_at / 1000.0))
                 metrics.freshness.observe(done - newest_produced[embedding.member_id])
+            written_members = {e.member_id for e in written}
+            for request in requests:
+                await answers_topic.send(key=request.member_id, value=AdaptAnswer(
+                    member_id=request.member_id, seq=request.seq,
+                    written=request.member_id in written_members))
             metrics.batch_size.observe(len(batch))
             metrics.batch_seconds.observe(done - started)
             metrics.embeddings.inc(len(written))

@@ -3,7 +3,7 @@
 Validates interaction events (bad ones go to the dead-letter topic with a reason and
 their source offset), appends each member's events to its rolling support set in a
 RocksDB table with a changelog topic, and sends adapt requests when the trigger policy
-says a member is due. Embeddings coming back answer the outstanding request.
+says a member is due. The adaptation workers' answers settle the outstanding request.
 
 Tables are only changed by agents, which own the partition a member lives in. A timer
 finds the members whose check time has come (a new signal waiting too long, or a request
@@ -31,7 +31,7 @@ from limaml.stream.metrics import StreamMetrics
 from limaml.stream.policy import (Example, TriggerPolicy, apply_event, due_reason,
                                   empty_support_set, mark_answered, mark_requested, mark_sent,
                                   next_check)
-from limaml.stream.records import (AdaptRequest, MetaEmbedding, RefreshRequest, SentRequest,
+from limaml.stream.records import (AdaptAnswer, AdaptRequest, RefreshRequest, SentRequest,
                                    SupportSet)
 from limaml.topics import KafkaConfig, TopicNames, member_partition
 
@@ -80,8 +80,8 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
                              key_serializer="raw", value_serializer="raw")
     adapt_requests = app.topic(names.adapt_requests, key_type=str, value_type=AdaptRequest,
                                key_serializer="raw")
-    embeddings = app.topic(names.meta_embeddings, key_type=str, value_type=MetaEmbedding,
-                           key_serializer="raw")
+    answers = app.topic(names.adapt_answers, key_type=str, value_type=AdaptAnswer,
+                        key_serializer="raw")
     sent_requests = app.topic(names.sent_requests, key_type=str, value_type=SentRequest,
                               key_serializer="raw", internal=True, partitions=kafka.partitions)
     refresh_requests = app.topic(names.refresh_requests, key_type=str, value_type=RefreshRequest,
@@ -164,14 +164,13 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
             metrics.ingest_lag.observe(now - message.timestamp)
             store(member_id, before, await request_if_due(member_id, state, now))
 
-    @app.agent(embeddings)
+    @app.agent(answers)
     async def answered(stream: faust.StreamT) -> None:
-        async for embedding in stream:
-            state = support_sets.get(embedding.member_id)
-            updated = mark_answered(state, embedding.seq) if state is not None else None
+        async for answer in stream:
+            state = support_sets.get(answer.member_id)
+            updated = mark_answered(state, answer.seq) if state is not None else None
             if updated is not None:
-                store(embedding.member_id, state,
-                      await request_if_due(embedding.member_id, updated, time.time()))
+                store(answer.member_id, state, await request_if_due(answer.member_id, updated, time.time()))
 
     @app.agent(sent_requests)
     async def record_sent(stream: faust.StreamT) -> None:

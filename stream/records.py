@@ -46,6 +46,14 @@ class AdaptRequest(faust.Record, serializer="json", include_metadata=False):
     requested_at: float
 
 
+class AdaptAnswer(faust.Record, serializer="json", include_metadata=False):
+    """Topic `limaml.adapt-answers`: an adapt request was served."""
+
+    member_id: str
+    seq: int  # the request's seq
+    written: bool  # False: a stored embedding was as new already (nothing was written)
+
+
 class SentRequest(faust.Record, serializer="json", include_metadata=False):
     """Internal topic: the timer sent an adapt request; the member's owner records it."""
 

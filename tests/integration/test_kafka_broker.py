@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 from confluent_kafka import Consumer, KafkaError, Producer
 
-from limaml.processes import KAFKA_SH, REPO_ROOT, run_kafka_sh
+from limaml.processes import REPO_ROOT, run_kafka_sh
 
 from .conftest import KafkaBroker
 
@@ -90,17 +88,3 @@ def test_status_reports_running(kafka_broker: KafkaBroker) -> None:
     lines = result.stdout.splitlines()
     assert lines[-1] == "running"
     assert f"KAFKA_BOOTSTRAP={kafka_broker.bootstrap}" in lines
-
-
-def test_docker_compose_matches_kafka_sh() -> None:
-    """docker-compose.yml parses and runs the same Kafka release as deploy/kafka.sh."""
-    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
-    kafka = compose["services"]["kafka"]
-    script_version = re.search(r'KAFKA_VERSION="\$\{LIMAML_KAFKA_VERSION:-([0-9.]+)\}"', KAFKA_SH.read_text())
-    assert script_version is not None
-    assert kafka["image"] == f"apache/kafka:{script_version.group(1)}"
-    assert "9092:9092" in [str(p) for p in kafka["ports"]]
-    assert "test" in kafka["healthcheck"]
-    env = kafka["environment"]
-    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    assert str(env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) == "1"

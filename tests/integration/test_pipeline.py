@@ -214,7 +214,10 @@ def test_events_in_embeddings_out_and_stale_requests_never_regress_them(
          f"every member's embedding re-made by {version}")
     assert requests_sent(stream, "backfill") >= len(expected)
 
-    # A reader that meets an embedding of another version asks for a re-adaptation.
+    # A reader that meets an embedding of another version asks for a re-adaptation (once the
+    # backfill's request is settled: one outstanding request per member at most).
+    poll(lambda: (stream.get_json(f"/members/{member}/") or {}).get("requested_seq") == -1, 60,
+         f"{member}'s backfill request to be answered")
     before = requests_sent(stream, "version")
     requester = RefreshRequester(pipeline.kafka)
     requester.request(member, "version", version)

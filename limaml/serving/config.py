@@ -1,0 +1,27 @@
+"""Settings of the scoring service (derived into CLI options, env variables and TOML)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"  # interface to listen on (loopback unless exposed on purpose)
+    port: int = 8000  # HTTP port of /v1/score, /healthz, /metrics and /docs
+    artifacts_dir: Path = Path("artifacts")  # model versions; the ACTIVE one is served
+    model_poll_s: float = 2.0  # how often the ACTIVE model pointer is checked
+    max_candidates: int = 1000  # most candidate items one request may rank
+    refresh_interval_s: float = 30.0  # at most one re-adaptation request per member this often
+    refresh_max_members: int = 100_000  # members the refresh rate limit remembers (bounds its memory)
+    torch_threads: int = 1  # CPU threads of torch (1: no OpenMP spin contention on shared cores)
+    shutdown_timeout_s: int = 10  # longest wait for open requests on SIGTERM
+
+    def __post_init__(self) -> None:
+        if self.max_candidates < 1:
+            raise ValueError(f"max_candidates must be at least 1, got {self.max_candidates}")
+        if self.model_poll_s <= 0 or self.refresh_interval_s < 0:
+            raise ValueError("model_poll_s must be > 0 and refresh_interval_s >= 0")
+        if self.refresh_max_members < 1 or self.torch_threads < 1:
+            raise ValueError("refresh_max_members and torch_threads must be at least 1")

@@ -1,0 +1,181 @@
+"""`limaml up` and `limaml demo` as a user runs them: real broker, workers, scoring service
+and replay as child processes; a Ctrl-C stops every one of them and frees every port."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from limaml.adapters.registry import load_dataset
+
+from limaml.artifacts import FeatureSchema, save_artifact
+from limaml.config import default_tunables
+from limaml.processes import KAFKA_SH, LIMAML, free_port, poll
+from limaml.train import TrainConfig, meta_train
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+DATASET = "synthetic:n_members=30,n_items=25,mean_events=12,seed=5"
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("artifacts")
+    log = load_dataset(DATASET)
+    tunables = default_tunables() | {"meta_dim": 8, "global_hidden": (16, 8), "inner_steps": 2}
+    model, metrics = meta_train(log, TrainConfig(epochs=1, valid_fraction=0.0), tunables, progress=False)
+    save_artifact(root, model, FeatureSchema.from_log(log), metrics, {})
+    return root
+
+
+def distinct_ports(n: int) -> list[int]:
+    ports: set[int] = set()
+    while len(ports) < n:
+        ports.add(free_port())
+    return sorted(ports)
+
+
+def stack_command(command: str, artifacts: Path, work: Path, ports: list[int], *extra: str) -> list[str]:
+    return [LIMAML, command, "--dataset", DATASET, "--artifacts-dir", str(artifacts), "--work-dir", str(work),
+            "--stream-port", str(ports[0]), "--adapt-port", str(ports[1]), "--serve-port", str(ports[2]),
+            "--device", "cpu", "--partitions", "2", "--max-staleness-s", "0.5", "--view", "plain",
+            "--refresh-s", "0.5", "--stop-timeout-s", "20", *extra]
+
+
+def metric(port: int, name: str) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+            body = reply.read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(row.split()[-1]) for row in body.splitlines()
+               if row.startswith((name + " ", name + "{")))
+
+
+def alive(pid: int, started: int | None) -> bool:
+    """The process runs (not a zombie) and is the one recorded (not a reused pid)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z" and (started is None or int(fields[19]) == started)
+
+
+def processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in args and str(os.getpid()) != cmdline.parent.name:
+            found.append(f"{cmdline.parent.name}: {args[:200]}")
+    return found
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server would: TIME_WAIT is fine
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def output(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def test_up_runs_the_pipeline_and_ctrl_c_stops_everything(artifacts: Path, tmp_path: Path) -> None:
+    work, ports = tmp_path / "up", distinct_ports(3)
+    stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        # A session of its own, so the Ctrl-C below reaches what a terminal's would: its group.
+        up = subprocess.Popen(stack_command("up", artifacts, work, ports, "--rate", "200"),
+                              stdout=out, stderr=err, start_new_session=True,
+                              env={k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"})  # its own broker
+    try:
+        def running_pipeline() -> bool:
+            if up.poll() is not None:
+                raise AssertionError(f"limaml up exited with {up.returncode}:\n{output(stderr)[-3000:]}")
+            return (metric(ports[0], "limaml_stream_events_total") > 0
+                    and metric(ports[1], "limaml_adapt_embeddings_total") > 0)
+
+        poll(running_pipeline, 150, "events applied and embeddings written",
+             describe=lambda: output(stderr)[-2000:] + output(stdout)[-1000:])
+        member = load_dataset(DATASET).members.tokens[0]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{ports[2]}/v1/score", headers={"Content-Type": "application/json"},
+            data=json.dumps({"member_id": member, "candidates": ["i1", "i2", "i3"]}).encode())
+
+        def scored_with_adapted_embedding() -> dict | None:
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                body = json.loads(reply.read())
+            return body if body["embedding"]["source"] == "adapted" else None
+
+        scored = poll(scored_with_adapted_embedding, 60, f"the service to score {member} with its embedding")
+        assert len(scored["ranked"]) == 3 and scored["embedding"]["seq"] > 0
+        record = json.loads((work / "pids.json").read_text())
+        children = record["children"]
+        assert set(children) == {"broker", "stream", "adapt", "serve"}
+        assert all(alive(child["pid"], child["started"]) for child in children.values())
+        broker_port = int(record["bootstrap"].rsplit(":", 1)[1])
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGINT)
+        code = up.wait(timeout=120)
+
+    text = output(stdout)
+    assert code == 128 + signal.SIGINT, output(stderr)[-3000:]
+    assert "limaml up: stopped by Ctrl-C" in text
+    applied = next(row for row in text.splitlines() if row.startswith("  stream "))
+    assert int(applied.split()[1].replace(",", "")) > 0, text
+    served = next(row for row in text.splitlines() if row.startswith("  serve "))
+    assert int(served.split()[1]) >= 1 and "adapted" in served, text  # counted before the stop
+    for name in ("replay", "serve", "adapt", "stream", "broker"):
+        assert f"{name} (" in text.split("  stopped ", 1)[1], text  # each one's teardown reported
+    survivors = [f"{name} {child['pid']}" for name, child in children.items()
+                 if alive(child["pid"], child["started"])]
+    assert not survivors, f"still running after limaml up exited: {survivors}"
+    assert not processes_mentioning(str(work)), processes_mentioning(str(work))
+    assert all(port_free(port) for port in (*ports, broker_port, broker_port + 1))
+    status = subprocess.run(["bash", str(KAFKA_SH), "status", "--data-dir", str(work / "kafka")],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert status.returncode == 3, status.stdout  # 3: stopped
+    assert not (work / "pids.json").exists()
+
+
+def test_demo_catches_up_scores_a_member_and_stops_on_its_own(artifacts: Path, kafka_bootstrap: str,
+                                                               tmp_path: Path) -> None:
+    work, ports = tmp_path / "demo", distinct_ports(3)
+    result = subprocess.run(
+        stack_command("demo", artifacts, work, ports, "--bootstrap", kafka_bootstrap,
+                      "--topic-prefix", f"demo{uuid.uuid4().hex[:8]}", "--rate", "0", "--limit", "0"),
+        capture_output=True, text=True, timeout=240, check=False)
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
+    text = result.stdout
+    events = load_dataset(DATASET).n_events
+    assert f"replay     {events:,} events delivered" in text and f"{events:,} events applied" in text
+    assert "scored with its adapted embedding" in text  # caught up: the busiest member has one
+    ranked = [row for row in text.splitlines() if row.strip().split(" ", 1)[0].isdigit()]
+    assert len(ranked) == 10
+    assert "limaml demo: done" in text and "2 scoring requests (adapted 1, prior 1)" in text
+    assert not processes_mentioning(str(work))
+    assert all(port_free(port) for port in ports)
+
+
+def test_up_without_a_model_says_how_to_get_one(tmp_path: Path) -> None:
+    empty = tmp_path / "no-artifacts"
+    result = subprocess.run(stack_command("up", empty, tmp_path / "up", distinct_ports(3)),
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2
+    assert "limaml train --dataset" in result.stderr and "limaml demo" in result.stderr
+    assert not (tmp_path / "up" / "kafka").exists()  # failed before starting anything

@@ -1,0 +1,382 @@
+"""The scoring service's API contract against a real Feast SQLite store and a small trained
+model; the refresh requester is the only stand-in (the Kafka path is in the integration test)."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from limaml.adapters.registry import load_dataset
+from limaml.artifacts import Artifact, FeatureSchema, load_artifact, save_artifact
+from limaml.config import default_tunables
+from limaml.data import InteractionLog
+from limaml.featurestore.embeddings import EmbeddingWriter, MemberEmbedding
+from limaml.featurestore.profiles import write_member_profiles
+from limaml.featurestore.store import SQLITE_PATH, FeatureStoreConfig, open_feature_store
+from limaml.processes import poll
+from limaml.serving.app import create_app
+from limaml.serving.config import ServeConfig
+from limaml.serving.scorer import VersionScorer
+from limaml.serving.throttle import RefreshThrottle
+from limaml.topics import KafkaConfig
+from limaml.train import TrainConfig, meta_train
+
+DATASET = "synthetic:n_members=30,n_items=40,mean_events=12,seed=5"
+MAX_CANDIDATES = 20
+AGE_S = 5.0
+
+
+@pytest.fixture(scope="module")
+def dataset() -> InteractionLog:
+    return load_dataset(DATASET)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory, dataset: InteractionLog) -> Path:
+    root = tmp_path_factory.mktemp("artifacts")
+    tunables = default_tunables() | {"meta_dim": 8, "global_hidden": (16, 8), "inner_steps": 2}
+    model, metrics = meta_train(dataset, TrainConfig(epochs=1, valid_fraction=0.0), tunables, progress=False)
+    save_artifact(root, model, FeatureSchema.from_log(dataset), metrics, {})
+    return root
+
+
+@pytest.fixture(scope="module")
+def artifact(artifacts: Path) -> Artifact:
+    """The served version, loaded independently of the service."""
+    return load_artifact(artifacts)
+
+
+def members(dataset: InteractionLog) -> dict[str, str]:
+    tokens = dataset.members.tokens
+    return {"adapted": tokens[0], "cold": tokens[1], "old_version": tokens[2], "other_cold": tokens[3]}
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory: pytest.TempPathFactory, dataset: InteractionLog,
+           artifact: Artifact) -> tuple[FeatureStoreConfig, dict[str, MemberEmbedding]]:
+    """A store with every member's profile, an embedding of the served version for one member
+    and one of another version for another."""
+    config = FeatureStoreConfig(repo_dir=tmp_path_factory.mktemp("feast"),
+                                profile_fields=",".join(sorted(dataset.member_features)))
+    store = open_feature_store(config)
+    write_member_profiles(store, dataset)
+    rng = np.random.default_rng(3)
+    adapted_at = int(time.time() * 1000 - AGE_S * 1000)
+    named = members(dataset)
+    written = {
+        kind: MemberEmbedding(member_id=named[kind], model_version=version, seq=seq, support_size=seq,
+                              vector=rng.normal(scale=2.0, size=artifact.model.config.meta_dim).astype(np.float32),
+                              newest_event_ts=adapted_at - 100, adapted_at=adapted_at)
+        for kind, version, seq in (("adapted", artifact.version, 11), ("old_version", "an-old-version", 7))
+    }
+    assert len(EmbeddingWriter(store, artifact.model.config.meta_dim).write(list(written.values()))) == 2
+    return replace(config, profile_fields=""), written  # the service reads the model's fields
+
+
+class RecordingRequester:
+    """Records what the service asks to re-adapt, in place of the Kafka producer."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+
+    def request(self, member_id: str, reason: str, model_version: str) -> None:
+        self.calls.append((member_id, reason, model_version))
+
+
+@pytest.fixture
+def requester() -> RecordingRequester:
+    return RecordingRequester()
+
+
+def open_client(artifacts: Path, feast: FeatureStoreConfig, requester: RecordingRequester) -> TestClient:
+    config = ServeConfig(artifacts_dir=artifacts, max_candidates=MAX_CANDIDATES, model_poll_s=0.05)
+    return TestClient(create_app(config, feast, KafkaConfig(), requester))
+
+
+@pytest.fixture
+def client(artifacts: Path, stored: tuple[FeatureStoreConfig, dict[str, MemberEmbedding]],
+           requester: RecordingRequester) -> Iterator[TestClient]:
+    with open_client(artifacts, stored[0], requester) as client:
+        yield client
+
+
+def profile_codes(dataset: InteractionLog, member_id: str) -> torch.Tensor:
+    """[1, n_fields] the member's meta feature codes, straight from the dataset."""
+    member = dataset.members.index(member_id)
+    return torch.tensor([[int(dataset.member_features[name][member])
+                          for name in sorted(dataset.member_features)]])
+
+
+def model_probabilities(artifact: Artifact, embedding: torch.Tensor, item_ids: list[str],
+                        context: dict[str, float]) -> np.ndarray:
+    """[K] click probabilities by the model's own forward pass: embedding [1, E]."""
+    items = torch.tensor([[artifact.schema.items.index(item) for item in item_ids]])
+    ctx = torch.tensor([context.get(name, 0.0) for name in artifact.schema.context_names])
+    with torch.no_grad():
+        logits = artifact.model(embedding, items, ctx.expand(1, len(item_ids), -1))
+    return torch.sigmoid(logits[0]).numpy()
+
+
+def assert_ranked_as(body: dict, item_ids: list[str], probabilities: np.ndarray) -> None:
+    expected = np.argsort(-probabilities, kind="stable")
+    assert [entry["item_id"] for entry in body["ranked"]] == [item_ids[i] for i in expected]
+    np.testing.assert_allclose([entry["score"] for entry in body["ranked"]], probabilities[expected],
+                               rtol=1e-5, atol=1e-6)
+
+
+def candidates(dataset: InteractionLog, count: int = 15) -> list[str]:
+    return list(dataset.items.tokens[:count])
+
+
+def samples(client: TestClient) -> dict[str, float]:
+    """The service's Prometheus samples by name and labels. Counters are compared before and
+    after: once Feast is imported, prometheus_client keeps values in per-process files
+    (Feast sets PROMETHEUS_MULTIPROC_DIR), so apps in one process share same-named series."""
+    lines = client.get("/metrics").text.splitlines()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if not line.startswith("#")}
+
+
+def increases(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: value - before.get(name, 0.0) for name, value in after.items()
+            if value != before.get(name, 0.0) and not name.endswith("_created")}
+
+
+def score(client: TestClient, member_id: str, item_ids: list[str], context: dict | None = None) -> dict:
+    reply = client.post("/v1/score", json={"member_id": member_id, "candidates": item_ids,
+                                           "context": context or {}})
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def test_the_fast_scorer_matches_the_model_forward_pass(artifact: Artifact) -> None:
+    scorer = VersionScorer(artifact)
+    rng = np.random.default_rng(0)
+    tokens = artifact.schema.items.tokens
+    for size in (1, 7, 40):
+        item_ids = [str(token) for token in rng.choice(tokens, size)] + ["never-seen"]
+        embedding = rng.normal(size=artifact.model.config.meta_dim).astype(np.float32)
+        context = {"slot": float(rng.integers(0, 5)), "not-a-model-feature": 3.0}
+        ranking = scorer.rank(embedding, item_ids, context)
+        expected = model_probabilities(artifact, torch.from_numpy(embedding)[None], item_ids, context)
+        np.testing.assert_allclose(ranking.scores, expected[ranking.order], rtol=1e-5, atol=1e-6)
+        assert (np.diff(ranking.scores) <= 0).all()
+        assert sorted(ranking.order.tolist()) == list(range(len(item_ids)))
+        np.testing.assert_array_equal(ranking.known, np.array(item_ids)[ranking.order] != "never-seen")
+
+
+def test_a_member_with_an_embedding_is_ranked_with_it(
+        client: TestClient, dataset: InteractionLog, artifact: Artifact,
+        stored: tuple[FeatureStoreConfig, dict[str, MemberEmbedding]]) -> None:
+    embedding = stored[1]["adapted"]
+    item_ids, context = candidates(dataset), {"slot": 2.0}
+    body = score(client, embedding.member_id, item_ids, context)
+    assert body["model_version"] == artifact.version
+    used = body["embedding"]
+    assert used["source"] == "adapted" and used["model_version"] == artifact.version
+    assert used["seq"] == embedding.seq and used["ignored_model_version"] is None
+    assert AGE_S <= used["age_s"] < AGE_S + 60
+    assert_ranked_as(body, item_ids, model_probabilities(
+        artifact, torch.from_numpy(embedding.vector)[None], item_ids, context))
+    assert all(entry["known"] for entry in body["ranked"])
+    # The context reaches the scores: another slot, other probabilities.
+    other = score(client, embedding.member_id, item_ids, {"slot": 0.0})
+    assert [e["score"] for e in other["ranked"]] != [e["score"] for e in body["ranked"]]
+
+
+def test_a_cold_member_is_ranked_with_the_prior_of_their_profile(
+        client: TestClient, dataset: InteractionLog, artifact: Artifact) -> None:
+    item_ids = candidates(dataset)
+    for member_id in (members(dataset)["cold"], members(dataset)["other_cold"]):
+        body = score(client, member_id, item_ids)
+        assert body["embedding"] == {"source": "prior", "model_version": artifact.version, "age_s": None,
+                                     "seq": None, "ignored_model_version": None}
+        with torch.no_grad():
+            prior = artifact.model.meta_block(profile_codes(dataset, member_id))
+        assert_ranked_as(body, item_ids, model_probabilities(artifact, prior, item_ids, {}))
+    # A member the store has no profile of: every meta feature out of vocabulary.
+    body = score(client, "nobody-knows-me", item_ids)
+    with torch.no_grad():
+        prior = artifact.model.meta_block(torch.zeros(1, len(dataset.member_features), dtype=torch.int64))
+    assert body["embedding"]["source"] == "prior"
+    assert_ranked_as(body, item_ids, model_probabilities(artifact, prior, item_ids, {}))
+
+
+def test_an_embedding_of_another_version_is_not_used_and_a_refresh_is_asked_once(
+        client: TestClient, dataset: InteractionLog, artifact: Artifact, requester: RecordingRequester,
+        stored: tuple[FeatureStoreConfig, dict[str, MemberEmbedding]]) -> None:
+    member_id = stored[1]["old_version"].member_id
+    item_ids = candidates(dataset)
+    before = samples(client)
+    for _ in range(3):
+        body = score(client, member_id, item_ids)
+        assert body["embedding"]["source"] == "prior"
+        assert body["embedding"]["model_version"] == artifact.version
+        assert body["embedding"]["ignored_model_version"] == "an-old-version"
+    with torch.no_grad():
+        prior = artifact.model.meta_block(profile_codes(dataset, member_id))
+    assert_ranked_as(body, item_ids, model_probabilities(artifact, prior, item_ids, {}))
+    assert requester.calls == [(member_id, "version", artifact.version)]  # then rate-limited
+    counted = increases(before, samples(client))
+    assert counted['limaml_serve_embeddings_total{source="version_mismatch"}'] == 3
+    assert counted["limaml_serve_refresh_requests_total"] == 1
+    assert counted["limaml_serve_refresh_throttled_total"] == 2
+
+
+def test_the_refresh_rate_limit_expires_and_its_memory_is_bounded() -> None:
+    requester, now = RecordingRequester(), [0.0]
+    throttle = RefreshThrottle(requester, interval_s=30.0, max_members=3, clock=lambda: now[0])
+    assert throttle.request("a", "v") and not throttle.request("a", "v")
+    now[0] = 29.9
+    assert not throttle.request("a", "v")
+    now[0] = 30.0
+    assert throttle.request("a", "v")
+    for member in "bcdef":
+        assert throttle.request(member, "v")
+        assert len(throttle) <= 3
+    assert throttle.request("a", "v2")  # forgotten early to stay within max_members
+    assert [call[0] for call in requester.calls] == ["a", "a", "b", "c", "d", "e", "f", "a"]
+    assert requester.calls[-1] == ("a", "version", "v2")
+
+
+def test_unknown_items_are_scored_as_out_of_vocabulary_and_flagged(
+        client: TestClient, dataset: InteractionLog, artifact: Artifact,
+        stored: tuple[FeatureStoreConfig, dict[str, MemberEmbedding]]) -> None:
+    embedding = stored[1]["adapted"]
+    item_ids = ["brand-new", *candidates(dataset, 5), "also-new"]
+    before = samples(client)
+    body = score(client, embedding.member_id, item_ids)
+    known = {entry["item_id"]: entry["known"] for entry in body["ranked"]}
+    assert known == {item: not item.endswith("new") for item in item_ids}
+    oov = model_probabilities(artifact, torch.from_numpy(embedding.vector)[None], [""], {})[0]
+    scores = {entry["item_id"]: entry["score"] for entry in body["ranked"]}
+    assert scores["brand-new"] == scores["also-new"] == pytest.approx(float(oov), rel=1e-5)
+    assert increases(before, samples(client))["limaml_serve_unknown_items_total"] == 2
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    ({"member_id": "", "candidates": ["i1"]}, 422, "at least 1 character"),
+    ({"candidates": ["i1"]}, 422, "Field required"),
+    ({"member_id": "m0", "candidates": []}, 422, "at least 1 item"),
+    ({"member_id": "m0", "candidates": ["i1", ""]}, 422, "at least 1 character"),
+    ({"member_id": "m0", "candidates": [f"i{i}" for i in range(MAX_CANDIDATES + 1)]}, 422,
+     f"at most {MAX_CANDIDATES} items"),
+    ({"member_id": "m0", "candidates": ["i1"], "context": {"slot": "front"}}, 422, "valid number"),
+    ('{"member_id": "m0", "candidates": ["i1"], "context": {"slot": NaN}}', 422, "finite number"),
+    ('{"member_id": "m0", "candidates": ["i1"], "context": {"slot": 1e999}}', 422, "finite number"),
+    ({"member_id": "m0", "items": ["i1"]}, 422, "Extra inputs are not permitted"),
+    ('{"member_id": "m0", "candidates": ["i1"', 422, "JSON decode error"),
+])
+def test_bad_requests_get_a_4xx_that_says_what_is_wrong(
+        client: TestClient, body: dict | str, status: int, message: str) -> None:
+    before = samples(client)
+    if isinstance(body, str):
+        reply = client.post("/v1/score", content=body, headers={"content-type": "application/json"})
+    else:
+        reply = client.post("/v1/score", json=body)
+    assert reply.status_code == status
+    assert message in reply.text
+    counted = increases(before, samples(client))
+    assert counted[f'limaml_serve_requests_total{{status="{status}"}}'] == 1
+    assert counted["limaml_serve_request_seconds_count"] == 1
+
+
+def test_one_online_store_read_per_request(client: TestClient, dataset: InteractionLog,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    store = client.app.state.active.current.lookup.store
+    reads: list[list[str]] = []
+    real = store.get_online_features
+
+    def counted(**kwargs):  # type: ignore[no-untyped-def]
+        reads.append(kwargs["features"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(store, "get_online_features", counted)
+    score(client, members(dataset)["adapted"], candidates(dataset, MAX_CANDIDATES))
+    assert len(reads) == 1
+    views = {reference.split(":")[0] for reference in reads[0]}
+    assert views == {"member_meta_embedding", "member_profile"}
+
+
+def test_health_metrics_and_openapi(client: TestClient, dataset: InteractionLog, artifact: Artifact) -> None:
+    health = client.get("/healthz")
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "model_version": artifact.version, "feature_store": "ok",
+                             "model_error": None}
+    before = samples(client)
+    score(client, members(dataset)["adapted"], candidates(dataset))
+    score(client, members(dataset)["cold"], candidates(dataset))
+    assert client.get("/metrics").headers["content-type"].startswith("text/plain")
+    counted = increases(before, samples(client))
+    assert counted['limaml_serve_requests_total{status="200"}'] == 2
+    assert counted["limaml_serve_request_seconds_count"] == 2
+    assert counted['limaml_serve_embeddings_total{source="adapted"}'] == 1
+    assert counted['limaml_serve_embeddings_total{source="prior"}'] == 1
+    assert 'limaml_serve_embeddings_total{source="version_mismatch"}' in samples(client)
+    schema = client.get("/openapi.json").json()
+    assert set(schema["paths"]) == {"/v1/score", "/healthz", "/metrics"}
+    score_op = schema["paths"]["/v1/score"]["post"]
+    assert score_op["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/ScoreRequest")
+    assert score_op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/ScoreResponse")
+    assert {"422", "503"} <= set(score_op["responses"])
+    assert "ScoredItem" in schema["components"]["schemas"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_a_new_active_version_is_served_without_a_restart(
+        tmp_path: Path, artifacts: Path, dataset: InteractionLog, requester: RecordingRequester,
+        stored: tuple[FeatureStoreConfig, dict[str, MemberEmbedding]]) -> None:
+    root = tmp_path / "artifacts"
+    shutil.copytree(artifacts, root)
+    adapted = stored[1]["adapted"]
+    with open_client(root, stored[0], requester) as client:
+        before = score(client, adapted.member_id, candidates(dataset))
+        assert before["embedding"]["source"] == "adapted"
+        retrained = load_artifact(root)
+        with torch.no_grad():
+            retrained.model.global_block.item_embedding.weight.mul_(3.0)
+        version = save_artifact(root, retrained.model, retrained.schema, {}, {})
+        poll(lambda: client.get("/healthz").json()["model_version"] == version, 30,
+             f"the service to switch to {version}")
+        after = score(client, adapted.member_id, candidates(dataset))
+    # The stored embedding is of the previous version: never paired with the new global block.
+    assert after["model_version"] == version
+    assert after["embedding"]["source"] == "prior"
+    assert after["embedding"]["ignored_model_version"] == adapted.model_version
+    assert requester.calls == [(adapted.member_id, "version", version)]
+
+
+def test_a_broken_active_version_keeps_the_served_one_and_says_why(
+        tmp_path: Path, artifacts: Path, artifact: Artifact, requester: RecordingRequester,
+        stored: tuple[FeatureStoreConfig, dict[str, MemberEmbedding]]) -> None:
+    root = tmp_path / "artifacts"
+    shutil.copytree(artifacts, root)
+    with open_client(root, stored[0], requester) as client:
+        (root / "ACTIVE").write_text("no-such-version\n")
+        health = poll(lambda: (h := client.get("/healthz").json())["model_error"] and h, 30,
+                      "/healthz to report the broken ACTIVE version")
+        assert health["model_version"] == artifact.version and "no-such-version" in health["model_error"]
+        score(client, "m0", ["i1"])
+
+
+def test_an_unreachable_store_gives_503_with_the_reason(
+        tmp_path: Path, artifacts: Path, dataset: InteractionLog, requester: RecordingRequester) -> None:
+    feast = FeatureStoreConfig(repo_dir=tmp_path / "feast")
+    with open_client(artifacts, feast, requester) as client:
+        score(client, "m0", ["i1"])
+        with sqlite3.connect(tmp_path / "feast" / SQLITE_PATH) as database:
+            database.execute("DROP TABLE limaml_member_meta_embedding")
+        reply = client.post("/v1/score", json={"member_id": "m0", "candidates": ["i1"]})
+        assert reply.status_code == 503
+        assert "online feature store did not answer" in reply.json()["detail"]
+        assert "no such table" in reply.json()["detail"]
+        health = client.get("/healthz")
+        assert health.status_code == 503 and health.json()["status"] == "unavailable"
