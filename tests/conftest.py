@@ -9,8 +9,11 @@ import pytest
 import torch
 
 from limaml.adaptation import MemberSupport
-from limaml.config import ModelConfig
+from limaml.artifacts import FeatureSchema, save_artifact
+from limaml.config import ModelConfig, default_tunables
+from limaml.data import InteractionLog
 from limaml.model import LiMAML
+from limaml.train import TrainConfig, meta_train
 
 SHARED_ML100K = Path(__file__).resolve().parents[1].parent / "shared/datasets/ml-100k"
 
@@ -54,3 +57,11 @@ def random_members(model: LiMAML, sizes: list[int], seed: int = 0) -> list[Membe
         )
         for k in sizes
     ]
+
+
+def save_tiny_model(root: Path, dataset: InteractionLog, seed: int = 0) -> str:
+    """Meta-train a tiny model on `dataset` for one epoch and save it as the ACTIVE version."""
+    tunables = default_tunables() | {"meta_dim": 8, "global_hidden": (16, 8), "inner_steps": 2}
+    model, metrics = meta_train(dataset, TrainConfig(epochs=1, valid_fraction=0.0, seed=seed), tunables,
+                                progress=False)
+    return save_artifact(root, model, FeatureSchema.from_log(dataset), metrics, {})

@@ -15,9 +15,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from conftest import save_tiny_model
 from limaml.adapters.registry import load_dataset
-from limaml.artifacts import Artifact, FeatureSchema, load_artifact, save_artifact
-from limaml.config import default_tunables
+from limaml.artifacts import Artifact, load_artifact, save_artifact
 from limaml.data import InteractionLog
 from limaml.featurestore.embeddings import EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import write_member_profiles
@@ -28,7 +28,6 @@ from limaml.serving.config import ServeConfig
 from limaml.serving.scorer import VersionScorer
 from limaml.serving.throttle import RefreshThrottle
 from limaml.topics import KafkaConfig
-from limaml.train import TrainConfig, meta_train
 
 DATASET = "synthetic:n_members=30,n_items=40,mean_events=12,seed=5"
 MAX_CANDIDATES = 20
@@ -43,9 +42,7 @@ def dataset() -> InteractionLog:
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory, dataset: InteractionLog) -> Path:
     root = tmp_path_factory.mktemp("artifacts")
-    tunables = default_tunables() | {"meta_dim": 8, "global_hidden": (16, 8), "inner_steps": 2}
-    model, metrics = meta_train(dataset, TrainConfig(epochs=1, valid_fraction=0.0), tunables, progress=False)
-    save_artifact(root, model, FeatureSchema.from_log(dataset), metrics, {})
+    save_tiny_model(root, dataset)
     return root
 
 

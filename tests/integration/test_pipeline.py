@@ -14,11 +14,11 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.admin import AdminClient
 
+from conftest import save_tiny_model
 from limaml.adaptation import AdaptationEngine
 from limaml.adapters.events import DeadLetter, InteractionEvent, events_from_log
 from limaml.adapters.registry import load_dataset
-from limaml.artifacts import FeatureSchema, load_artifact, save_artifact
-from limaml.config import default_tunables
+from limaml.artifacts import load_artifact
 from limaml.data import InteractionLog
 from limaml.encoding import FeatureEncoder
 from limaml.featurestore.embeddings import EmbeddingReader
@@ -27,7 +27,6 @@ from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
 from limaml.refresh import RefreshRequester
 from limaml.stream.records import AdaptRequest
 from limaml.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
-from limaml.train import TrainConfig, meta_train
 
 from .conftest import TOPIC_READY_TIMEOUT_S
 from limaml.processes import Worker, free_port, poll
@@ -48,10 +47,7 @@ def dataset() -> InteractionLog:
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory, dataset: InteractionLog) -> Path:
     root = tmp_path_factory.mktemp("artifacts")
-    tunables = default_tunables() | {"meta_dim": 8, "global_hidden": (16, 8), "inner_steps": 2}
-    model, metrics = meta_train(dataset, TrainConfig(epochs=1, valid_fraction=0.0), tunables,
-                                progress=False)
-    save_artifact(root, model, FeatureSchema.from_log(dataset), metrics, {})
+    save_tiny_model(root, dataset)
     return root
 
 
@@ -202,10 +198,7 @@ def test_events_in_embeddings_out_and_stale_requests_never_regress_them(
     assert stream.metric("limaml_stream_events_total") == len(events)
 
     # A new ACTIVE version is picked up without a restart: the next adaptation uses it.
-    tunables = default_tunables() | {"meta_dim": 8, "global_hidden": (16, 8), "inner_steps": 2}
-    retrained, metrics = meta_train(dataset, TrainConfig(epochs=1, valid_fraction=0.0, seed=1),
-                                    tunables, progress=False)
-    version = save_artifact(artifacts, retrained, FeatureSchema.from_log(dataset), metrics, {})
+    version = save_tiny_model(artifacts, dataset, seed=1)
     poll(lambda: (adapt.get_json("/model") or {}).get("version") == version, 60,
          "the adaptation worker to switch to the new ACTIVE version")
     # The switch backfills: every member is re-adapted under the new version, no new event needed.

@@ -15,16 +15,15 @@ import torch
 from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.admin import AdminClient
 
+from conftest import save_tiny_model
 from limaml.adapters.events import InteractionEvent, events_from_log
 from limaml.adapters.registry import load_dataset
-from limaml.artifacts import FeatureSchema, load_artifact, save_artifact
-from limaml.config import default_tunables
+from limaml.artifacts import load_artifact, save_artifact
 from limaml.data import InteractionLog
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
 from limaml.processes import Worker, free_port, poll
 from limaml.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
-from limaml.train import TrainConfig, meta_train
 
 from .conftest import TOPIC_READY_TIMEOUT_S
 
@@ -42,10 +41,8 @@ def dataset() -> InteractionLog:
 @pytest.fixture
 def stack(kafka_bootstrap: str, dataset: InteractionLog, tmp_path: Path) -> Iterator[dict[str, object]]:
     """A trained model, a store with the profiles, and the three services running."""
-    tunables = default_tunables() | {"meta_dim": 8, "global_hidden": (16, 8), "inner_steps": 2}
-    model, metrics = meta_train(dataset, TrainConfig(epochs=1, valid_fraction=0.0), tunables, progress=False)
     artifacts = tmp_path / "artifacts"
-    save_artifact(artifacts, model, FeatureSchema.from_log(dataset), metrics, {})
+    save_tiny_model(artifacts, dataset)
     feast_dir = tmp_path / "feast"
     write_member_profiles(open_feature_store(FeatureStoreConfig(
         repo_dir=feast_dir, profile_fields=",".join(sorted(dataset.member_features)))), dataset)

@@ -13,12 +13,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import save_tiny_model
 from limaml.adapters.registry import load_dataset
 
-from limaml.artifacts import FeatureSchema, save_artifact
-from limaml.config import default_tunables
 from limaml.processes import KAFKA_SH, LIMAML, free_port, poll
-from limaml.train import TrainConfig, meta_train
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -29,9 +27,7 @@ DATASET = "synthetic:n_members=30,n_items=25,mean_events=12,seed=5"
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("artifacts")
     log = load_dataset(DATASET)
-    tunables = default_tunables() | {"meta_dim": 8, "global_hidden": (16, 8), "inner_steps": 2}
-    model, metrics = meta_train(log, TrainConfig(epochs=1, valid_fraction=0.0), tunables, progress=False)
-    save_artifact(root, model, FeatureSchema.from_log(log), metrics, {})
+    save_tiny_model(root, log)
     return root
 
 
