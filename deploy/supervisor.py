@@ -13,20 +13,13 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from limaml.processes import (
-    KAFKA_SH,
-    KAFKA_START_TIMEOUT_S,
-    REPO_ROOT,
-    Worker,
-    free_port_pair,
-)
+from limaml.processes import Worker, run_kafka_sh, start_kafka
 
 log = logging.getLogger(__name__)
 
@@ -139,33 +132,16 @@ class Child(Worker):
 
 
 class Broker:
-    """A private single-node Kafka broker run by deploy/kafka.sh in `data_dir`.
-
-    Like `limaml.processes.local_kafka`, but kafka.sh runs in its own session too, so a
-    Ctrl-C during its start neither kills it half way nor leaves the broker behind: `stop`
-    is safe to call whatever state `start` reached."""
+    """A private single-node Kafka broker run by deploy/kafka.sh in `data_dir` (the stack's
+    `limaml.processes.local_kafka`, with a pid record and a hurried stop). kafka.sh runs in
+    its own session, so `stop` is safe to call whatever state `start` reached."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.bootstrap: str | None = None
 
-    def _kafka_sh(self, *args: str, timeout: float, env: dict[str, str] | None = None
-                  ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["bash", str(KAFKA_SH), *args, "--data-dir", str(self.data_dir)],
-                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                              check=False, start_new_session=True, env=env)
-
     def start(self) -> str:
-        for _attempt in range(3):  # another process may take the port between probe and bind
-            result = self._kafka_sh("start", "--port", str(free_port_pair()), timeout=KAFKA_START_TIMEOUT_S)
-            if result.returncode == 0 or "in use" not in result.stderr:
-                break
-        if result.returncode != 0:
-            raise RuntimeError(f"deploy/kafka.sh start failed:\n{result.stderr.strip()}")
-        self.bootstrap = next((line.split("=", 1)[1].strip() for line in result.stdout.splitlines()
-                               if line.startswith("KAFKA_BOOTSTRAP=")), None)
-        if self.bootstrap is None:
-            raise RuntimeError(f"deploy/kafka.sh start printed no KAFKA_BOOTSTRAP line:\n{result.stdout}")
+        self.bootstrap = start_kafka(self.data_dir)
         return self.bootstrap
 
     @property
@@ -183,8 +159,8 @@ class Broker:
         """kafka.sh stop: SIGTERM, then SIGKILL after `timeout_s` (at once when hurried)."""
         started = time.monotonic()
         wait = 0 if hurry() else int(timeout_s)
-        result = self._kafka_sh("stop", timeout=wait + 60,
-                                env=dict(os.environ, LIMAML_KAFKA_STOP_TIMEOUT=str(wait)))
+        result = run_kafka_sh("stop", "--data-dir", str(self.data_dir), timeout=wait + 60,
+                              env=dict(os.environ, LIMAML_KAFKA_STOP_TIMEOUT=str(wait)))
         if result.returncode != 0:
             raise RuntimeError(f"deploy/kafka.sh stop failed:\n{result.stderr.strip()}")
         if "not running" in result.stderr:

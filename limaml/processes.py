@@ -42,10 +42,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_kafka_sh(*args: str, timeout: float = KAFKA_START_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    """deploy/kafka.sh with the given arguments, output captured."""
+def run_kafka_sh(*args: str, timeout: float = KAFKA_START_TIMEOUT_S,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """deploy/kafka.sh with the given arguments, output captured. It runs in its own session,
+    so a Ctrl-C meant for the caller cannot kill it half way through a start or a stop."""
     return subprocess.run(["bash", str(KAFKA_SH), *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+                          text=True, timeout=timeout, check=False, start_new_session=True, env=env)
 
 
 def free_port_pair() -> int:
@@ -61,19 +63,26 @@ def free_port_pair() -> int:
     raise RuntimeError("no free pair of loopback ports found")
 
 
-@contextmanager
-def local_kafka(data_dir: Path) -> Iterator[str]:
-    """A private single-node broker started by deploy/kafka.sh; yields its bootstrap address."""
+def start_kafka(data_dir: Path) -> str:
+    """Start a private single-node broker in `data_dir` with deploy/kafka.sh, on a free pair
+    of loopback ports; its bootstrap address."""
     for _attempt in range(3):  # another process may take the port between probe and bind
         result = run_kafka_sh("start", "--data-dir", str(data_dir), "--port", str(free_port_pair()))
         if result.returncode == 0 or "in use" not in result.stderr:
             break
     if result.returncode != 0:
-        raise RuntimeError(f"deploy/kafka.sh start failed:\n{result.stderr}")
+        raise RuntimeError(f"deploy/kafka.sh start failed:\n{result.stderr.strip()}")
     bootstrap = next((line.split("=", 1)[1].strip() for line in result.stdout.splitlines()
                       if line.startswith("KAFKA_BOOTSTRAP=")), None)
     if bootstrap is None:
         raise RuntimeError(f"deploy/kafka.sh start printed no KAFKA_BOOTSTRAP line:\n{result.stdout}")
+    return bootstrap
+
+
+@contextmanager
+def local_kafka(data_dir: Path) -> Iterator[str]:
+    """A private single-node broker started by deploy/kafka.sh; yields its bootstrap address."""
+    bootstrap = start_kafka(data_dir)
     try:
         yield bootstrap
     finally:

@@ -21,6 +21,7 @@ from limaml.adapters.registry import load_dataset
 from limaml.artifacts import load_artifact
 from limaml.data import InteractionLog
 from limaml.encoding import FeatureEncoder
+from limaml.deploy.telemetry import parse_metrics, total
 from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
@@ -231,9 +232,8 @@ def test_events_in_embeddings_out_and_stale_requests_never_regress_them(
 
 def requests_sent(stream: Worker, reason: str) -> float:
     """The stream worker's adapt requests sent for `reason`."""
-    sample = f'limaml_stream_adapt_requests_total{{reason="{reason}"}} '
-    lines = (stream.get("/metrics") or b"").decode().splitlines()
-    return next((float(line.split()[-1]) for line in lines if line.startswith(sample)), 0.0)
+    scrape = parse_metrics((stream.get("/metrics") or b"").decode())
+    return total(scrape, "limaml_stream_adapt_requests_total", reason=reason)
 
 
 def test_support_sets_survive_kill_9_without_loss_or_double_counting(
