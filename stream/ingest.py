@@ -125,12 +125,14 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
         await send_request(member_id, state, reason, now)
         return mark_requested(state, now)
 
-    async def request_now(member_id: str, state: SupportSet, reason: str, now: float) -> SupportSet:
-        """Request a re-adaptation unless a request is outstanding (and not timed out)."""
-        if state.requested_seq >= 0 and due_reason(state, now, policy) != "timeout":
-            return state
+    async def readapt(member_id: str, reason: str) -> None:
+        """Re-adapt a member from its stored support set, unless it has none or a request is
+        outstanding (and not timed out)."""
+        state, now = support_sets.get(member_id), time.time()
+        if state is None or (state.requested_seq >= 0 and due_reason(state, now, policy) != "timeout"):
+            return
         await send_request(member_id, state, reason, now)
-        return mark_requested(state, now)
+        store(member_id, state, mark_requested(state, now))
 
     def store(member_id: str, before: SupportSet | None, state: SupportSet) -> None:
         """Write the new state, and its check time when that changed."""
@@ -197,11 +199,7 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
             if request.backfill:
                 await backfill(event.message.partition, request.model_version)
                 continue
-            state = support_sets.get(request.member_id)
-            if state is not None:
-                updated = await request_now(request.member_id, state, request.reason, time.time())
-                if updated is not state:
-                    store(request.member_id, state, updated)
+            await readapt(request.member_id, request.reason)
 
     async def backfill(partition: int, model_version: str) -> None:
         """Re-adapt every member of `partition` (once per model version)."""
@@ -212,11 +210,7 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
                  partition)
         for start in range(0, len(members), BACKFILL_CHUNK):
             for member_id in members[start:start + BACKFILL_CHUNK]:
-                state = support_sets.get(member_id)
-                if state is not None:
-                    updated = await request_now(member_id, state, "backfill", time.time())
-                    if updated is not state:
-                        store(member_id, state, updated)
+                await readapt(member_id, "backfill")
             await asyncio.sleep(0)  # let ingestion go on between chunks
         backfilled[str(partition)] = model_version
 
