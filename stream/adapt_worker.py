@@ -31,6 +31,7 @@ from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
 from limaml.featurestore.embeddings import EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import read_member_profiles
 from limaml.stream.config import AdaptConfig
+from limaml.stream.faust_client import create_faust_app
 from limaml.stream.metrics import AdaptMetrics
 from limaml.stream.records import AdaptAnswer, AdaptRequest, MetaEmbedding, RefreshRequest
 from limaml.topics import KafkaConfig, TopicNames
@@ -93,14 +94,13 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
     names = TopicNames(kafka.topic_prefix)
     metrics = AdaptMetrics()
     (config.data_dir / worker_id).mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        kafka.faust_app_id("adapt"),
+    app = create_faust_app(
+        kafka, "adapt",
         store="memory://",  # stateless: no tables
         datadir=str(config.data_dir / worker_id),
         web_bind=config.web_bind,
         web_port=config.web_port,
         web_host=config.web_bind,
-        **kafka.faust_settings(),
     )
     requests_topic = app.topic(names.adapt_requests, key_type=str, value_type=AdaptRequest,
                                key_serializer="raw")

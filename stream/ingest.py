@@ -27,6 +27,7 @@ from faust.web import Request, View
 
 from limaml.adapters.events import DeadLetter, InvalidEvent, decode_event
 from limaml.stream.config import StreamConfig
+from limaml.stream.faust_client import create_faust_app, drain_changelog_writes_before_commits
 from limaml.stream.metrics import StreamMetrics
 from limaml.stream.policy import (Example, TriggerPolicy, apply_event, due_reason,
                                   empty_support_set, mark_answered, mark_requested, mark_sent,
@@ -39,23 +40,6 @@ log = logging.getLogger(__name__)
 
 BACKFILL_CHUNK = 500  # members re-requested between two yields to the event loop
 CHECK_RESYNC_S = 5.0  # how often the timer re-reads the whole check-times table
-
-
-def drain_changelog_writes_before_commits(app: faust.App) -> None:
-    """Make Faust's pre-commit flush wait until every buffered table write is sent.
-
-    A table write is buffered in the producer's `ProducerBuffer`; before committing source
-    offsets Faust flushes that buffer, but its flush returns as soon as no message went out
-    for 0.1 s (a busy event loop on a loaded machine) and the commit goes ahead. A crash
-    right after would lose the changelog writes of committed events, so a recovered support
-    set would miss them. This replaces the buffer's flush with one that drains it."""
-    buffer = app.producer.buffer
-
-    async def flush_until_empty() -> None:
-        while buffer.size:
-            await buffer.flush_atmost(None)
-
-    buffer.flush = flush_until_empty  # type: ignore[method-assign]
 MB = 1024 * 1024
 
 
@@ -65,14 +49,13 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
                            config.request_timeout_s)
     metrics = StreamMetrics()
     (config.data_dir / worker_id).mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        kafka.faust_app_id("stream"),
+    app = create_faust_app(
+        kafka, "stream",
         store="rocksdb://",
         datadir=str(config.data_dir / worker_id),
         web_bind=config.web_bind,
         web_port=config.web_port,
         web_host=config.web_bind,
-        **kafka.faust_settings(),
     )
     drain_changelog_writes_before_commits(app)
     interactions = app.topic(names.interactions, key_type=bytes, value_type=bytes,

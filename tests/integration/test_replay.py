@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Message
+from confluent_kafka import Consumer, KafkaError, Message, Producer
 from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka.admin import AdminClient
 
@@ -105,6 +105,33 @@ def test_rate_pacing_takes_at_least_the_scheduled_time(kafka: KafkaConfig) -> No
     elapsed = time.monotonic() - started
     assert report.delivered == n and report.failed == 0
     assert report.seconds >= (n - 1) / rate and elapsed >= (n - 1) / rate
+
+
+class PollRecordingProducer(Producer):
+    """A real producer that remembers the timeout of every poll."""
+
+    def __init__(self, config: dict[str, object]) -> None:
+        super().__init__(config)
+        self.timeouts: list[float] = []
+
+    def poll(self, timeout: float = -1) -> int:
+        self.timeouts.append(timeout)
+        return super().poll(timeout)
+
+
+@pytest.mark.kafka
+def test_fast_pacing_waits_in_whole_milliseconds_instead_of_spinning(kafka: KafkaConfig) -> None:
+    """librdkafka rounds a poll timeout down to whole milliseconds: a shorter wait would return
+    at once, and pacing thousands of events a second would spin a core."""
+    config = ReplayConfig(dataset=DATASET, rate=4000.0)
+    topic = f"{kafka.topic_prefix}.interactions"
+    connect(kafka, config, topic).flush()  # creates the topics
+    producer = PollRecordingProducer({"bootstrap.servers": kafka.bootstrap})
+    report = replay_events(events_from_log(load_dataset(DATASET), stop=400), producer, topic, config,
+                           progress=False)
+    assert report.delivered == 400
+    waits = [t for t in producer.timeouts if t != 0]
+    assert waits and min(waits) >= 0.001  # librdkafka waits whole milliseconds
 
 
 @pytest.mark.kafka
