@@ -38,6 +38,7 @@ from limaml.adapters.replay import ReplayConfig, run_replay
 from limaml.artifacts import FeatureSchema, save_artifact
 from limaml.config import default_tunables
 from limaml.data import InteractionLog
+from limaml.deploy.telemetry import Buckets, buckets, parse_metrics, quantile, subtract, total
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
 from limaml.processes import Worker, free_port, local_kafka, poll
@@ -151,9 +152,11 @@ STAGES = {"ingest_lag_s": ("stream", "limaml_stream_ingest_lag_seconds"),
           "batch_size": ("adapt", "limaml_adapt_batch_size")}
 
 
-def histogram_totals(workers: dict[str, Worker]) -> dict[str, tuple[float, float]]:
-    """(sum, count) of each stage's Prometheus histogram now."""
-    return {stage: (workers[kind].metric(f"{name}_sum"), workers[kind].metric(f"{name}_count"))
+def scrape_stages(workers: dict[str, Worker]) -> dict[str, tuple[float, float, Buckets]]:
+    """(sum, count, buckets) of each stage's Prometheus histogram now."""
+    scrapes = {kind: parse_metrics((worker.get("/metrics") or b"").decode()) for kind, worker in workers.items()}
+    return {stage: (total(scrapes[kind], f"{name}_sum"), total(scrapes[kind], f"{name}_count"),
+                    buckets(scrapes[kind], name))
             for stage, (kind, name) in STAGES.items()}
 
 
@@ -169,7 +172,7 @@ def freshness_phase(stack: Stack, label: str, limit: int, **pace: float) -> dict
     stack.replay(limit=WARMUP_EVENTS, **pace)
     poll(lambda: stream.metric("limaml_stream_events_total") >= WARMUP_EVENTS, 300, f"{label}: warm-up applied")
     poll(lambda: all_answered(stream, adapt), 300, f"{label}: warm-up requests answered")
-    before = histogram_totals(workers)
+    before = scrape_stages(workers)
     watcher = EmbeddingWatcher(stack.kafka.bootstrap, TopicNames(stack.kafka.topic_prefix).meta_embeddings,
                                since=time.time())
     watcher.start()
@@ -180,9 +183,10 @@ def freshness_phase(stack: Stack, label: str, limit: int, **pace: float) -> dict
     seconds = time.monotonic() - started
     watcher.done.set()
     watcher.join(timeout=30)
-    after = histogram_totals(workers)
+    after = scrape_stages(workers)
     mean = {stage: (after[stage][0] - before[stage][0]) / max(after[stage][1] - before[stage][1], 1)
             for stage in STAGES}
+    p99_of = {stage: quantile(subtract(after[stage][2], before[stage][2]), 0.99) or 0.0 for stage in STAGES}
     batches = after["batch_size"][1] - before["batch_size"][1]
     p50, p95, p99 = percentiles(watcher.freshness)
     result = {"events": limit - WARMUP_EVENTS, "seconds": seconds, "embeddings": len(watcher.freshness),
@@ -190,9 +194,11 @@ def freshness_phase(stack: Stack, label: str, limit: int, **pace: float) -> dict
     print(f"{label}: {result['events']} events after a warm-up of {WARMUP_EVENTS}, in {seconds:.1f} s, "
           f"{result['embeddings']} embeddings, {result['batches_per_s']:.1f} adaptation batches/s "
           f"(mean {mean['batch_size']:.1f} members, {1000 * mean['batch_s']:.0f} ms), freshness "
-          f"p50 {p50:.3f} s  p95 {p95:.3f} s  p99 {p99:.3f} s; mean stage times: event applied "
-          f"{mean['ingest_lag_s']:.3f} s after it was produced, request sent {mean['trigger_delay_s']:.3f} s "
-          f"after it, micro-batch started {mean['request_wait_s']:.3f} s after that")
+          f"p50 {p50:.3f} s  p95 {p95:.3f} s  p99 {p99:.3f} s; stage times, mean / p99 (within histogram "
+          f"buckets): event applied {mean['ingest_lag_s']:.3f} / {p99_of['ingest_lag_s']:.2f} s after it was "
+          f"produced, request sent {mean['trigger_delay_s']:.3f} / {p99_of['trigger_delay_s']:.2f} s after it, "
+          f"micro-batch started {mean['request_wait_s']:.3f} / {p99_of['request_wait_s']:.2f} s after that, "
+          f"took {mean['batch_s']:.3f} / {p99_of['batch_s']:.2f} s")
     stream.stop()
     adapt.stop()
     return result

@@ -38,8 +38,7 @@ from limaml.topics import KafkaConfig, TopicNames, member_partition
 
 log = logging.getLogger(__name__)
 
-BACKFILL_CHUNK = 500  # members re-requested between two yields to the event loop
-CHECK_RESYNC_S = 5.0  # how often the timer re-reads the whole check-times table
+BACKFILL_CHUNK = 500  # members re-requested (or indexed) between two yields to the event loop
 MB = 1024 * 1024
 
 
@@ -75,18 +74,15 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
                        "write_buffer_size": 8 * MB}
     support_sets = app.Table("support-sets", key_type=str, value_type=SupportSet,
                              partitions=kafka.partitions, options=rocksdb_options)
-    check_times = app.Table("check-times", key_type=str, value_type=float,
-                            partitions=kafka.partitions, options=rocksdb_options)
-    """member_id -> when the member may come due without a new event (see `next_check`)."""
     backfilled = app.Table("backfilled-versions", key_type=str, value_type=str,
                            partitions=kafka.partitions, options=rocksdb_options)
     """str(partition) -> the model version the partition's members were last backfilled for."""
-    check_index: dict[str, float] = {}
-    """A copy of `check-times` for the timer, kept by `store()` and re-read from the table
-    every CHECK_RESYNC_S (a rebalance brings rows it has not seen): decoding every row at
-    every tick took 15 % of the worker at 1,000 events/s. A member in it that another
-    worker now owns has no local support set and is skipped."""
-    resynced_at = [0.0]
+    check_times: dict[str, float] = {}
+    """member_id -> when the member may come due without a new event (see `next_check`), for
+    the members of this worker's partitions: kept by `store()`, rebuilt from the support
+    sets after every rebalance. Not a table of its own: its changelog writes cost the
+    stream worker more than the rebuild, and scanning a table at every tick took 15 % of
+    it at 1,000 events/s."""
     timer_sent: dict[str, tuple[float, float]] = {}
     """member_id -> (check time, when) of the timer's latest request: none is sent again
     while the member's check time is the one it was sent for (recording the request, or
@@ -115,19 +111,28 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
         if state is None or (state.requested_seq >= 0 and due_reason(state, now, policy) != "timeout"):
             return
         await send_request(member_id, state, reason, now)
-        store(member_id, state, mark_requested(state, now))
+        store(member_id, mark_requested(state, now))
 
-    def store(member_id: str, before: SupportSet | None, state: SupportSet) -> None:
-        """Write the new state, and its check time when that changed."""
+    def store(member_id: str, state: SupportSet) -> None:
+        """Write the new state, and index its check time."""
         support_sets[member_id] = state
         check_at = next_check(state, policy)
-        if check_at != (next_check(before, policy) if before is not None else None):
-            if check_at is None:
-                check_times.pop(member_id, None)
-                check_index.pop(member_id, None)
-            else:
+        if check_at is None:
+            check_times.pop(member_id, None)
+        else:
+            check_times[member_id] = check_at
+
+    @support_sets.on_recover
+    async def index_check_times() -> None:
+        """Index the check times of the members this worker owns now (called after each
+        rebalance, before the agents resume)."""
+        check_times.clear()
+        for count, (member_id, state) in enumerate(support_sets.items(), start=1):
+            check_at = next_check(state, policy)
+            if check_at is not None:
                 check_times[member_id] = check_at
-                check_index[member_id] = check_at
+            if count % BACKFILL_CHUNK == 0:
+                await asyncio.sleep(0)  # let the timer and the web views run
 
     @app.agent(interactions)
     async def ingest(stream: faust.StreamT) -> None:
@@ -157,7 +162,7 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
                 continue
             metrics.events.inc()
             metrics.ingest_lag.observe(now - message.timestamp)
-            store(member_id, before, await request_if_due(member_id, state, now))
+            store(member_id, await request_if_due(member_id, state, now))
 
     @app.agent(answers)
     async def answered(stream: faust.StreamT) -> None:
@@ -165,7 +170,7 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
             state = support_sets.get(answer.member_id)
             updated = mark_answered(state, answer.seq) if state is not None else None
             if updated is not None:
-                store(answer.member_id, state, await request_if_due(answer.member_id, updated, time.time()))
+                store(answer.member_id, await request_if_due(answer.member_id, updated, time.time()))
 
     @app.agent(sent_requests)
     async def record_sent(stream: faust.StreamT) -> None:
@@ -173,7 +178,7 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
             state = support_sets.get(note.member_id)
             updated = mark_sent(state, note.seq, note.sent_at) if state is not None else None
             if updated is not None:
-                store(note.member_id, state, updated)
+                store(note.member_id, updated)
 
     @app.agent(refresh_requests)
     async def refresh(stream: faust.StreamT) -> None:
@@ -200,11 +205,7 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
     @app.timer(interval=config.check_interval_s)
     async def find_due_members() -> None:
         now = time.time()
-        if now - resynced_at[0] >= CHECK_RESYNC_S:
-            check_index.clear()
-            check_index.update(check_times.items())
-            resynced_at[0] = now
-        due = {member_id: check_at for member_id, check_at in check_index.items() if check_at <= now}
+        due = {member_id: check_at for member_id, check_at in check_times.items() if check_at <= now}
         for member_id in set(timer_sent) - set(due):
             del timer_sent[member_id]
         for member_id, check_at in due.items():

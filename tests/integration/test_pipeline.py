@@ -68,13 +68,13 @@ class Pipeline:
         return ["--bootstrap", self.kafka.bootstrap, "--topic-prefix", self.kafka.topic_prefix,
                 "--partitions", str(self.kafka.partitions)]
 
-    def stream_worker(self, worker_id: str = "0") -> Worker:
+    def stream_worker(self, worker_id: str = "0", max_staleness_s: float = 1.0) -> Worker:
         port = free_port()
         worker = Worker(f"stream-{worker_id}", [
             "stream", *self.kafka_args(), "--worker-id", worker_id,
             "--data-dir", str(self.work_dir / "stream"), "--web-port", str(port),
             "--support-size", str(SUPPORT_SIZE), "--min-new-signals", str(MIN_NEW_SIGNALS),
-            "--max-staleness-s", "1", "--check-interval-s", "0.2"], port, self.work_dir)
+            "--max-staleness-s", str(max_staleness_s), "--check-interval-s", "0.2"], port, self.work_dir)
         self.workers.append(worker)
         return worker.start()
 
@@ -253,6 +253,27 @@ def test_support_sets_survive_kill_9_without_loss_or_double_counting(
          "the recovered support sets to hold every event once",
          describe=lambda: f"(seq, expected) of members behind: {behind}; "
                           f"worker log:\n{restarted.log_tail(20)}")
+
+
+def test_a_restarted_worker_still_sends_the_stale_requests_it_owes(
+        pipeline: Pipeline, dataset: InteractionLog) -> None:
+    """Fewer than M new signals come due by staleness alone: the timer must find them in the
+    support sets a new worker recovers, though no further event arrives."""
+    events = events_by_member(list(events_from_log(dataset)))
+    member = next(iter(events))
+    waiting = events[member][:MIN_NEW_SIGNALS - 1]
+    worker = pipeline.stream_worker("0", max_staleness_s=600)  # never stale before the kill
+    pipeline.send_events(waiting)
+    poll(lambda: (worker.get_json(f"/members/{member}/") or {}).get("seq") == len(waiting), 60,
+         f"{member}'s events to be applied")
+    assert requests_sent(worker, "stale") == 0
+    worker.kill()
+    restarted = pipeline.stream_worker("1", max_staleness_s=1)
+    poll(lambda: requests_sent(restarted, "stale") == 1, 60, "the owed stale request",
+         describe=lambda: f"support set {restarted.get_json(f'/members/{member}/')}, log:\n"
+                          f"{restarted.log_tail(15)}")
+    state = restarted.get_json(f"/members/{member}/")
+    assert (state["requested_seq"], state["pending"]) == (len(waiting), 0)
 
 
 def test_bad_events_go_to_the_dead_letter_topic_and_good_ones_still_flow(
