@@ -72,8 +72,9 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
     rocksdb_options = {"driver": "rocksdict", "block_cache_size": config.rocksdb_cache_mb * MB,
                        "block_cache_compressed_size": config.rocksdb_cache_mb * MB // 4,
                        "write_buffer_size": 8 * MB}
-    support_sets = app.Table("support-sets", key_type=str, value_type=SupportSet,
+    support_sets = app.Table("support-sets", key_type=str, value_type=bytes,  # stored "raw"
                              partitions=kafka.partitions, options=rocksdb_options)
+    """member_id -> `SupportSet.dumps()`: use `read` and `store`."""
     backfilled = app.Table("backfilled-versions", key_type=str, value_type=str,
                            partitions=kafka.partitions, options=rocksdb_options)
     """str(partition) -> the model version the partition's members were last backfilled for."""
@@ -107,15 +108,19 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
     async def readapt(member_id: str, reason: str) -> None:
         """Re-adapt a member from its stored support set, unless it has none or a request is
         outstanding (and not timed out)."""
-        state, now = support_sets.get(member_id), time.time()
+        state, now = read(member_id), time.time()
         if state is None or (state.requested_seq >= 0 and due_reason(state, now, policy) != "timeout"):
             return
         await send_request(member_id, state, reason, now)
         store(member_id, mark_requested(state, now))
 
+    def read(member_id: str) -> SupportSet | None:
+        raw = support_sets.get(member_id)
+        return None if raw is None else SupportSet.loads(raw)
+
     def store(member_id: str, state: SupportSet) -> None:
         """Write the new state, and index its check time."""
-        support_sets[member_id] = state
+        support_sets[member_id] = state.dumps()
         check_at = next_check(state, policy)
         if check_at is None:
             check_times.pop(member_id, None)
@@ -127,8 +132,8 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
         """Index the check times of the members this worker owns now (called after each
         rebalance, before the agents resume)."""
         check_times.clear()
-        for count, (member_id, state) in enumerate(support_sets.items(), start=1):
-            check_at = next_check(state, policy)
+        for count, (member_id, raw) in enumerate(support_sets.items(), start=1):
+            check_at = next_check(SupportSet.loads(raw), policy)
             if check_at is not None:
                 check_times[member_id] = check_at
             if count % BACKFILL_CHUNK == 0:
@@ -154,7 +159,7 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
                 context={k: float(v) for k, v in interaction.context.items()
                          if not isinstance(v, str)},
                 produced_at=message.timestamp)
-            before = support_sets.get(member_id)
+            before = read(member_id)
             state = apply_event(before or empty_support_set(), example, message.offset, now,
                                 config.support_size)
             if state is None:
@@ -167,7 +172,7 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
     @app.agent(answers)
     async def answered(stream: faust.StreamT) -> None:
         async for answer in stream:
-            state = support_sets.get(answer.member_id)
+            state = read(answer.member_id)
             updated = mark_answered(state, answer.seq) if state is not None else None
             if updated is not None:
                 store(answer.member_id, await request_if_due(answer.member_id, updated, time.time()))
@@ -175,7 +180,7 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
     @app.agent(sent_requests)
     async def record_sent(stream: faust.StreamT) -> None:
         async for note in stream:
-            state = support_sets.get(note.member_id)
+            state = read(note.member_id)
             updated = mark_sent(state, note.seq, note.sent_at) if state is not None else None
             if updated is not None:
                 store(note.member_id, updated)
@@ -212,7 +217,7 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
             sent = timer_sent.get(member_id)
             if sent is not None and sent[0] == check_at and now - sent[1] < policy.request_timeout_s:
                 continue  # sent already, and its note (or answer) has not moved the check time yet
-            state = support_sets.get(member_id)
+            state = read(member_id)
             reason = due_reason(state, now, policy) if state is not None else None
             if state is None or reason is None:
                 continue
@@ -228,6 +233,7 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
     @app.page("/members/{member_id}/")
     @app.table_route(table=support_sets, match_info="member_id")
     async def member_page(web: View, request: Request, member_id: str) -> Any:
-        return web.json(support_sets.get(member_id))
+        raw = support_sets.get(member_id)
+        return Response(body=b"null" if raw is None else raw, content_type="application/json")
 
     return app
