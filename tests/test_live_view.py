@@ -41,17 +41,17 @@ def test_counters_are_summed_over_labels_and_filtered_by_them() -> None:
 
 
 def test_quantiles_interpolate_within_buckets_like_histogram_quantile() -> None:
-    adapt = AdaptMetrics()  # freshness buckets: ... 0.5, 1.0, 2.0, 5.0 ...
+    adapt = AdaptMetrics()  # freshness buckets: ... 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0 ...
     for value in (0.6, 0.7, 0.8, 0.9, 1.5, 1.6, 1.7, 1.8, 3.0, 4.0):
         adapt.freshness.observe(value)
     histogram = buckets(scrape(adapt), FRESHNESS)
     assert histogram[-1] == (math.inf, 10)
-    # rank 5 of 10: the 4 observations in (0.5, 1] are below it, so it lies 1/4 into (1, 2]
-    assert quantile(histogram, 0.5) == pytest.approx(1.25)
-    # rank 9.9: 8 below 2.0, 2 in (2, 5]: 1.9/2 of the way
-    assert quantile(histogram, 0.99) == pytest.approx(2.0 + 3.0 * 1.9 / 2)
+    # rank 5 of 10: 4 observations are at most 1.0 and one lies in (1, 1.5]: all of that bucket
+    assert quantile(histogram, 0.5) == pytest.approx(1.5)
+    # rank 9.9: 9 at most 3.0, one in (3, 4]: 0.9 of the way
+    assert quantile(histogram, 0.99) == pytest.approx(3.0 + 1.0 * 0.9)
     assert quantile(histogram, 0.0) == pytest.approx(0.5)  # the first non-empty bucket's lower end
-    assert quantile(histogram, 1.0) == pytest.approx(5.0)
+    assert quantile(histogram, 1.0) == pytest.approx(4.0)
     with pytest.raises(ValueError):
         quantile(histogram, 1.5)
 
@@ -162,7 +162,7 @@ def test_the_frame_and_the_plain_line_show_the_figures() -> None:
     text = "\n".join(frame(f, info()))
     assert "1:02" in text and "1,234 / 2,000 events (62 %)" in text
     assert "stale 12" in text and "stream :6066" in text and "/v1/score" in text
-    assert "p50 1.50 s" in text  # one observation of 1.5 in (1, 2]: the middle of the bucket
+    assert "p50 1.25 s" in text  # one observation of 1.5 in (1, 1.5]: the middle of the bucket
     assert line(f).startswith("[1:02] produced 1,234 | applied 1,234")
 
 
