@@ -161,6 +161,7 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
 
     @app.page("/model")
     async def model_page(web: View, request: Request) -> Any:
-        return web.json({"version": model.current.version, "artifacts_dir": str(config.artifacts_dir)})
+        return web.json({"version": model.current.version, "artifacts_dir": str(config.artifacts_dir),
+                         "load_error": model.load_error})
 
     return app
