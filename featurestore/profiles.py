@@ -34,6 +34,9 @@ def profile_fields(store: FeatureStore) -> list[str]:
 
 def write_member_profiles(store: FeatureStore, log: InteractionLog) -> int:
     """Snapshot every member's profile into the batch source and the online store; how many."""
+    if not log.member_features:  # e.g. a `table:` log without a members file
+        logger.info("%s has no member features: no member profiles to write", log.name)
+        return 0
     fields = profile_fields(store)
     if sorted(fields) != sorted(log.member_features):
         raise ValueError(f"{log.name} has member features {sorted(log.member_features)} but the "

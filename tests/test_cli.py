@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from limaml.adapters.registry import load_dataset
+from limaml.adapters.tabular import write_table
 from limaml.artifacts import active_version, load_artifact
 from limaml.cli import TRAIN_SECTIONS, build_parser, main
 from limaml.featurestore.profiles import read_member_profiles
@@ -106,3 +107,13 @@ def test_profiles_command_writes_the_datasets_member_features_to_feast(
     member = log_data.members.index("m3")
     assert profile == {name: log_data.member_feature_vocabs[name].token(
         int(log_data.member_features[name][member])) for name in sorted(log_data.member_features)}
+
+
+def test_profiles_of_a_log_without_member_features_are_none_to_write(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A `table:` log without a members file is valid (every member's meta block reads the
+    learned constant input), so there is nothing to snapshot, and that is not an error."""
+    write_table(load_dataset("synthetic:n_members=20,n_items=10,seed=1"), tmp_path / "log", "csv")
+    (tmp_path / "log" / "members.csv").unlink()
+    assert main(["profiles", "--dataset", f"table:{tmp_path / 'log'}", "--repo-dir", str(tmp_path / "feast")]) == 0
+    assert json.loads(capsys.readouterr().out)["profiles"] == 0
