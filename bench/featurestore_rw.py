@@ -43,7 +43,8 @@ from limaml.featurestore.embeddings import (
     EmbeddingWriter,
     MemberEmbedding,
 )
-from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
+from limaml.featurestore.config import FeatureStoreConfig
+from limaml.featurestore.store import open_feature_store
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -40,7 +40,8 @@ from limaml.config import default_tunables
 from limaml.data import InteractionLog
 from limaml.deploy.telemetry import Buckets, buckets, parse_metrics, quantile, subtract, total
 from limaml.featurestore.profiles import write_member_profiles
-from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
+from limaml.featurestore.config import FeatureStoreConfig
+from limaml.featurestore.store import open_feature_store
 from limaml.processes import Worker, free_port, local_kafka, poll
 from limaml.stream.records import MetaEmbedding
 from limaml.topics import KafkaConfig, TopicNames

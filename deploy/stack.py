@@ -231,7 +231,8 @@ class Stack:
     # ----------------------------------------------------------------- bring-up
     def _bring_up(self, dataset: InteractionLog) -> None:
         from limaml.featurestore.profiles import write_member_profiles
-        from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
+        from limaml.featurestore.config import FeatureStoreConfig
+        from limaml.featurestore.store import open_feature_store
 
         config = self.config
         if not log.isEnabledFor(logging.DEBUG):

@@ -22,7 +22,6 @@ import sqlite3
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -32,6 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from feast import Entity, FeatureStore, FeatureView, FileSource, PushSource
 from feast.type_map import feast_value_type_to_pa
+
+from limaml.featurestore.config import FeatureStoreConfig
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +44,6 @@ REGISTRY_PATH = "data/registry.db"
 SQLITE_PATH = "data/online_store.db"
 EVENT_TIMESTAMP = "event_timestamp"  # the timestamp_field of every source in definitions.py
 _FEAST_OBJECTS = (Entity, FeatureView, FileSource, PushSource)
-
-
-@dataclass(frozen=True)
-class FeatureStoreConfig:
-    repo_dir: Path = Path(".cache/feast")  # Feast working dir: rendered repo, registry, parquet, SQLite file
-    online_store: str = "sqlite"  # "sqlite" (a file in repo_dir) or a Redis URL, e.g. redis://127.0.0.1:6379/0
-    project: str = "limaml"  # Feast project name; namespaces the online tables and keys
-    profile_fields: str = ""  # member_profile's fields, comma-separated ("": the repo's, MovieLens's)
 
 
 def open_feature_store(config: FeatureStoreConfig) -> FeatureStore:

@@ -17,7 +17,7 @@ from limaml.config import MODEL_TUNABLES, ModelConfig
 from limaml.deploy.stack import DEMO_DEFAULTS, StackConfig
 from limaml.evaluation.config import (EVAL_DEFAULTS, EVAL_TRAIN_FIELDS, QUICK, AblationConfig,
                                       BaselineConfig, EvalConfig, with_defaults)
-from limaml.featurestore.store import FeatureStoreConfig
+from limaml.featurestore.config import FeatureStoreConfig
 from limaml.serving.config import ServeConfig
 from limaml.settings import ConfigError, Section, add_arguments, resolve
 from limaml.stream.config import AdaptConfig, StreamConfig
@@ -125,7 +125,7 @@ def run_profiles(args: argparse.Namespace) -> int:
     """Write a dataset's member profiles (the meta block's inputs) to the Feast store."""
     from limaml.adapters.registry import load_dataset
     from limaml.featurestore.profiles import write_member_profiles
-    from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
+    from limaml.featurestore.store import open_feature_store
 
     settings = resolve(PROFILE_SECTIONS, args.config, args)
     log_data = load_dataset(args.dataset)

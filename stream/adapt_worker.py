@@ -27,7 +27,8 @@ from aiohttp.web import Response
 from faust.web import Request, View
 
 from limaml.active_model import ActiveModel, ServedModel
-from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
+from limaml.featurestore.config import FeatureStoreConfig
+from limaml.featurestore.store import open_feature_store
 from limaml.featurestore.embeddings import EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import read_member_profiles
 from limaml.stream.config import AdaptConfig

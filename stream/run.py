@@ -6,7 +6,7 @@ import logging
 
 import faust
 
-from limaml.featurestore.store import FeatureStoreConfig
+from limaml.featurestore.config import FeatureStoreConfig
 from limaml.stream.adapt_worker import create_adapt_app
 from limaml.stream.config import AdaptConfig, StreamConfig
 from limaml.stream.ingest import create_stream_app

@@ -15,7 +15,8 @@ from limaml.adapters.tabular import write_table
 from limaml.artifacts import active_version, load_artifact
 from limaml.cli import TRAIN_SECTIONS, build_parser, main
 from limaml.featurestore.profiles import read_member_profiles
-from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
+from limaml.featurestore.config import FeatureStoreConfig
+from limaml.featurestore.store import open_feature_store
 from limaml.settings import ConfigError, resolve
 
 LIMAML = Path(sys.executable).parent / "limaml"

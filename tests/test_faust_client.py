@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from limaml.adapters.registry import load_dataset
-from limaml.featurestore.store import FeatureStoreConfig
+from limaml.featurestore.config import FeatureStoreConfig
 from limaml.stream.adapt_worker import create_adapt_app
 from limaml.stream.config import AdaptConfig, StreamConfig
 from limaml.stream.faust_client import FETCH_MAX_WAIT_MS

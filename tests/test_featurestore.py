@@ -23,13 +23,8 @@ from limaml.adapters.registry import load_dataset
 from limaml.data import InteractionLog
 from limaml.featurestore.embeddings import EmbeddingReader, EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import read_member_profiles, write_member_profiles
-from limaml.featurestore.store import (
-    FINGERPRINT_FILE,
-    FeatureStoreConfig,
-    open_feature_store,
-    redis_connection_string,
-    render_feature_store_yaml,
-)
+from limaml.featurestore.config import FeatureStoreConfig
+from limaml.featurestore.store import FINGERPRINT_FILE, open_feature_store, redis_connection_string, render_feature_store_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 8

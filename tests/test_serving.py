@@ -21,7 +21,8 @@ from limaml.artifacts import Artifact, load_artifact, save_artifact
 from limaml.data import InteractionLog
 from limaml.featurestore.embeddings import EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import write_member_profiles
-from limaml.featurestore.store import SQLITE_PATH, FeatureStoreConfig, open_feature_store
+from limaml.featurestore.config import FeatureStoreConfig
+from limaml.featurestore.store import SQLITE_PATH, open_feature_store
 from limaml.processes import poll
 from limaml.serving.app import create_app
 from limaml.serving.config import ServeConfig

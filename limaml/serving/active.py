@@ -8,7 +8,8 @@ from pathlib import Path
 
 from limaml.active import ActiveFollower
 from limaml.artifacts import load_artifact
-from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
+from limaml.featurestore.config import FeatureStoreConfig
+from limaml.featurestore.store import open_feature_store
 from limaml.serving.lookup import MemberLookup
 from limaml.serving.scorer import VersionScorer
 

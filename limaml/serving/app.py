@@ -13,7 +13,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from limaml.featurestore.store import FeatureStoreConfig
+from limaml.featurestore.config import FeatureStoreConfig
 from limaml.refresh import RefreshRequester
 from limaml.serving import ops, v1
 from limaml.serving.active import ActiveVersion

@@ -6,7 +6,7 @@ import torch
 import uvicorn
 
 from limaml.artifacts import active_version
-from limaml.featurestore.store import FeatureStoreConfig
+from limaml.featurestore.config import FeatureStoreConfig
 from limaml.serving.app import create_app
 from limaml.serving.config import ServeConfig
 from limaml.topics import KafkaConfig

@@ -24,7 +24,8 @@ from limaml.encoding import FeatureEncoder
 from limaml.deploy.telemetry import parse_metrics, total
 from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.featurestore.profiles import write_member_profiles
-from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
+from limaml.featurestore.config import FeatureStoreConfig
+from limaml.featurestore.store import open_feature_store
 from limaml.refresh import RefreshRequester
 from limaml.stream.records import AdaptRequest
 from limaml.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics

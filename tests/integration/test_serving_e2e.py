@@ -21,7 +21,8 @@ from limaml.adapters.registry import load_dataset
 from limaml.artifacts import load_artifact, save_artifact
 from limaml.data import InteractionLog
 from limaml.featurestore.profiles import write_member_profiles
-from limaml.featurestore.store import FeatureStoreConfig, open_feature_store
+from limaml.featurestore.config import FeatureStoreConfig
+from limaml.featurestore.store import open_feature_store
 from limaml.processes import Worker, free_port, poll
 from limaml.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
 
