@@ -5,8 +5,8 @@
    When the partitions left in it are idle (Faust's leader topic, the refresh requests),
    the broker holds the request for the whole fetch wait, which Faust fixes at 1.5 s, and
    the busy partitions cannot be fetched until it returns: at 1,000 events/s the stream
-   worker applied events 1.1-1.5 s after they were produced, 0.3 s with a 50 ms wait
-   (docs/benchmarks.md).
+   worker applied events 1.1 s after they were produced on average, 0.2 s with a 50 ms
+   wait (docs/benchmarks.md).
 2. A pre-commit flush that drains every buffered table write (see
    `drain_changelog_writes_before_commits`).
 """

@@ -125,3 +125,14 @@ def test_a_re_adaptation_of_an_answered_seq_is_settled_by_its_answer() -> None:
     settled = mark_answered(again, answered_seq=2)
     assert settled is not None and settled.requested_seq == -1 and settled.answered_seq == 2
     assert mark_answered(settled, answered_seq=2) is None
+
+
+def test_a_support_set_round_trips_through_its_stored_bytes() -> None:
+    state = mark_requested(applied(3, now=5.0), now=6.0)
+    assert SupportSet.loads(state.dumps()) == state
+    # What the Faust record stored before (the JSON object of its fields) still reads.
+    written_by_faust = (b'{"seq":1,"item_ids":["i0"],"labels":[0],"contexts":[{"slot":0.0}],'
+                        b'"newest_event_ts":1700000000000,"newest_produced_at":100.0,"last_offset":0,'
+                        b'"pending":1,"oldest_pending_at":5.0,"requested_seq":-1,"requested_at":0.0,'
+                        b'"answered_seq":-1}')
+    assert SupportSet.loads(written_by_faust) == applied(1, now=5.0)
