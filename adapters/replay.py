@@ -146,7 +146,8 @@ def replay_events(events: Iterable[InteractionEvent], producer: Producer, topic:
 def connect(kafka: KafkaConfig, config: ReplayConfig, topic: str) -> Producer:
     """An idempotent producer, once the broker answered and the limaml topics exist."""
     producer = Producer({"bootstrap.servers": kafka.bootstrap, "enable.idempotence": True,
-                         "partitioner": PRODUCER_PARTITIONER, "client.id": "limaml-replay"})
+                         "partitioner": PRODUCER_PARTITIONER, "client.id": "limaml-replay"},
+                        logger=log)  # librdkafka's complaints through logging, not stderr
     try:
         producer.list_topics(timeout=config.connect_timeout_s)  # no topic named: none auto-created
     except KafkaException as error:
