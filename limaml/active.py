@@ -9,6 +9,7 @@ workers and the service that already run.
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
@@ -25,7 +26,7 @@ class Versioned(Protocol):
 T = TypeVar("T", bound=Versioned)
 
 
-class ActiveFollower(Generic[T]):
+class ActiveFollower(ABC, Generic[T]):
     """Holds what `_load` makes of the ACTIVE version of `root`; `refresh` picks up a new one.
 
     The constructor fails when the ACTIVE version cannot be loaded (nothing starts without a
@@ -60,6 +61,6 @@ class ActiveFollower(Generic[T]):
         self._current, self.load_error = loaded, None
         return True
 
+    @abstractmethod
     def _load(self, version: str, previous: T | None) -> T:
         """What this process needs of `version`; `previous` is the version in use, if any."""
-        raise NotImplementedError

@@ -65,3 +65,12 @@ def save_tiny_model(root: Path, dataset: InteractionLog, seed: int = 0) -> str:
     model, metrics = meta_train(dataset, TrainConfig(epochs=1, valid_fraction=0.0, seed=seed), tunables,
                                 progress=False)
     return save_artifact(root, model, FeatureSchema.from_log(dataset), metrics, {})
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory, dataset: InteractionLog) -> Path:
+    """An artifacts directory whose ACTIVE version is a tiny model of the test module's
+    `dataset` fixture."""
+    root = tmp_path_factory.mktemp("artifacts")
+    save_tiny_model(root, dataset)
+    return root

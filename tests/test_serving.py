@@ -15,7 +15,6 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from conftest import save_tiny_model
 from limaml.adapters.registry import load_dataset
 from limaml.artifacts import Artifact, load_artifact, save_artifact
 from limaml.data import InteractionLog
@@ -38,13 +37,6 @@ AGE_S = 5.0
 @pytest.fixture(scope="module")
 def dataset() -> InteractionLog:
     return load_dataset(DATASET)
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory, dataset: InteractionLog) -> Path:
-    root = tmp_path_factory.mktemp("artifacts")
-    save_tiny_model(root, dataset)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -46,13 +46,6 @@ def dataset() -> InteractionLog:
     return load_dataset(DATASET)
 
 
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory, dataset: InteractionLog) -> Path:
-    root = tmp_path_factory.mktemp("artifacts")
-    save_tiny_model(root, dataset)
-    return root
-
-
 @dataclass
 class Pipeline:
     kafka: KafkaConfig
