@@ -78,10 +78,15 @@ class SupportBatch:
                                                        self.context, self.mask)))
 
 
-def example_weights(mask: Tensor) -> Tensor:
-    """[B, K] weights that turn a masked sum into each member's mean (0 for an empty set)."""
+def example_weights(mask: Tensor, prior_count: float = 0.0) -> Tensor:
+    """[B, K] weights of each member's examples: 1 / (n + prior_count) for a member with n.
+
+    With prior_count 0 a masked sum becomes each member's mean. With prior_count n0 > 0 a
+    member with few examples moves less per inner step than one with many, as the posterior
+    mean of a rate with n0 pseudo-examples would; the mean weighs 3 examples like 64.
+    """
     mask = mask.to(torch.float32)
-    return mask / mask.sum(dim=-1, keepdim=True).clamp(min=1.0)
+    return mask / (mask.sum(dim=-1, keepdim=True) + prior_count).clamp(min=1.0)
 
 
 def summed_member_loss(params: AdaptedParams, global_block: GlobalBlock, item_part: Tensor,
@@ -96,18 +101,21 @@ _summed_member_loss_grad = grad(summed_member_loss)
 
 
 def adapt(model: LiMAML, support: SupportBatch, steps: int | None = None,
-          first_order: bool | None = None) -> AdaptedParams:
+          first_order: bool | None = None, training_events: bool = False) -> AdaptedParams:
     """Run the inner loop for every member of the batch; return the adapted meta blocks.
 
     Differentiable with respect to the model's parameters unless `first_order`, in which
     case inner gradients are treated as constants (FOMAML). A member with no support
     examples has zero gradient and keeps the meta-learned initialisation (the prior).
+    `training_events`: the support events are the model's own training events (meta-training),
+    so each one's label is left out of its item prior.
     """
     steps = model.config.inner_steps if steps is None else steps
     first_order = model.config.first_order if first_order is None else first_order
     params = model.meta_block.initial_params(support.member_features)
-    item_part = model.global_block.item_part(support.items, support.context)  # [B, K, H1]
-    weights = example_weights(support.mask)
+    own_labels = support.labels if training_events else None
+    item_part = model.global_block.item_part(support.items, support.context, own_labels)  # [B, K, P]
+    weights = example_weights(support.mask, model.config.support_prior_count)
     for _ in range(steps):
         grads = _summed_member_loss_grad(params, model.global_block, item_part, support.labels,
                                          weights)

@@ -33,7 +33,7 @@ from limaml.model import LiMAML
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ACTIVE_FILE = "ACTIVE"
 
 

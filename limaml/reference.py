@@ -49,7 +49,9 @@ def naive_adapt(model: LiMAML, member: MemberSupport, steps: int | None = None) 
     if len(member.items) > 0:
         for _ in range(steps):
             logits = model.global_block(meta(features), items, context)
-            loss = F.binary_cross_entropy_with_logits(logits, labels)
+            # each example weighs 1 / (n + n0): see adaptation.example_weights
+            loss = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum") / max(
+                1.0, len(member.items) + model.config.support_prior_count)
             optimizer.zero_grad()
             loss.backward(inputs=list(named.values()))  # leave the global block's grads alone
             with torch.no_grad():

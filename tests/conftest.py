@@ -40,7 +40,15 @@ def small_model(seed: int = 0, **overrides) -> LiMAML:
         for step_size in model.inner_lr.values():
             if step_size.requires_grad:
                 step_size.uniform_(0.1, 0.5)
-        model.global_block.item_features.uniform_()
+        block = model.global_block
+        block.item_features.uniform_()
+        # item statistics as if fitted: rates and factors that differ between items
+        block.item_counts.copy_(torch.randint(1, 30, block.item_counts.shape).float())
+        block.item_positives.copy_(torch.floor(block.item_counts * torch.rand(block.item_counts.shape)))
+        block.item_counts[0] = block.item_positives[0] = 0.0  # the OOV item has no training events
+        block.global_rate.fill_(0.55)
+        block.item_factors.normal_(std=0.3)
+        block.item_bias.weight.normal_(std=0.1)
     return model
 
 

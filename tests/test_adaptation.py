@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import random_members, small_model
-from limaml.adaptation import AdaptationEngine, SupportBatch, adapt
+from limaml.adaptation import AdaptationEngine, MemberSupport, SupportBatch, adapt
 from limaml.model import meta_forward
 from limaml.reference import naive_adapt
 
@@ -16,9 +16,12 @@ SIZES = [0, 1, 5, 17, 32, 3]
 
 @pytest.mark.parametrize("learned_inner_lr", [True, False])
 @pytest.mark.parametrize("fields", [(5, 3), ()])
-def test_batched_adaptation_equals_the_naive_per_member_loop(learned_inner_lr: bool,
-                                                             fields: tuple[int, ...]) -> None:
-    model = small_model(learned_inner_lr=learned_inner_lr, member_field_cardinalities=fields)
+@pytest.mark.parametrize("hidden", [(), (16, 8)], ids=["no_mlp", "mlp"])
+@pytest.mark.parametrize("prior_count", [0.0, 20.0])
+def test_batched_adaptation_equals_the_naive_per_member_loop(learned_inner_lr: bool, fields: tuple[int, ...],
+                                                             hidden: tuple[int, ...], prior_count: float) -> None:
+    model = small_model(learned_inner_lr=learned_inner_lr, member_field_cardinalities=fields,
+                        global_hidden=hidden, support_prior_count=prior_count)
     members = random_members(model, SIZES)
     expected = np.stack([naive_adapt(model, member) for member in members])
     batched = AdaptationEngine(model, "cpu").adapt_members(members)
@@ -40,6 +43,21 @@ def test_an_empty_support_set_gets_the_prior_and_others_move_away_from_it() -> N
     prior = engine.prior(np.stack([m.features for m in members]))
     np.testing.assert_allclose(adapted[0], prior[0], rtol=1e-5, atol=1e-6)
     assert np.abs(adapted[1] - prior[1]).max() > 1e-3
+
+
+def test_with_a_prior_count_few_examples_move_the_embedding_less_than_many() -> None:
+    """The same examples repeated: with n0 = 0 the mean loss is unchanged, so is the result;
+    with n0 > 0 more copies weigh more and move the embedding further from the prior."""
+    members = random_members(small_model(), [4], seed=5)
+    repeated = [MemberSupport(m.features, np.tile(m.items, 8), np.tile(m.labels, 8), np.tile(m.context, (8, 1)))
+                for m in members]
+    moved = {}
+    for prior_count in (0.0, 20.0):
+        engine = AdaptationEngine(small_model(support_prior_count=prior_count), "cpu")
+        prior = engine.prior(np.stack([m.features for m in members]))
+        moved[prior_count] = [np.linalg.norm(engine.adapt_members(group) - prior) for group in (members, repeated)]
+    assert moved[0.0][0] == pytest.approx(moved[0.0][1], rel=1e-4)
+    assert moved[20.0][0] < 0.5 * moved[20.0][1]
 
 
 def test_adaptation_lowers_each_members_support_loss() -> None:

@@ -332,7 +332,7 @@ def test_a_new_active_version_is_served_without_a_restart(
         assert before["embedding"]["source"] == "adapted"
         retrained = load_artifact(root)
         with torch.no_grad():
-            retrained.model.global_block.item_embedding.weight.mul_(3.0)
+            retrained.model.global_block.item_vector.weight.mul_(3.0)
         version = save_artifact(root, retrained.model, retrained.schema, {}, {})
         poll(lambda: client.get("/healthz").json()["model_version"] == version, 30,
              f"the service to switch to {version}")

@@ -8,7 +8,7 @@ import torch
 from limaml.adapters.synthetic import SyntheticConfig, generate_synthetic
 from limaml.config import default_tunables
 from limaml.data import InteractionLog
-from limaml.train import TrainConfig, meta_train
+from limaml.train import TrainConfig, meta_train, pairwise_loss
 
 SMALL = dict(meta_dim=8, global_hidden=(32, 16), inner_steps=3)
 
@@ -45,7 +45,24 @@ def test_training_is_deterministic_under_a_seed(personal_log: InteractionLog) ->
     other, _ = train(personal_log, epochs=2, seed=4)
     for name, tensor in first.state_dict().items():
         assert torch.equal(tensor, again.state_dict()[name]), name
-    assert not torch.equal(first.global_block.item_proj.weight, other.global_block.item_proj.weight)
+    assert not torch.equal(first.global_block.item_vector.weight, other.global_block.item_vector.weight)
+
+
+def test_pairwise_loss_is_the_mean_over_members_of_their_pairs_logistic_loss() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 6, generator=generator)
+    labels = torch.tensor([[1, 0, 1, 0, 0, 1], [1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0], [1, 0, 0, 1, 1, 0]],
+                          dtype=torch.float32)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]],
+                        dtype=torch.bool)
+    per_member = []
+    for row in range(4):  # member 2 has no positive: it has no pair
+        real = mask[row]
+        positives = logits[row][real & (labels[row] == 1)]
+        negatives = logits[row][real & (labels[row] == 0)]
+        if len(positives) and len(negatives):
+            per_member.append(torch.stack([torch.log1p(torch.exp(n - p)) for p in positives for n in negatives]).mean())
+    torch.testing.assert_close(pairwise_loss(logits, labels, mask), torch.stack(per_member).mean())
 
 
 def test_training_without_a_holdout_and_on_a_prefix(personal_log: InteractionLog) -> None:

@@ -1,15 +1,12 @@
 """One model version's scoring path: meta embedding + candidates -> ranked scores. Pure: no
 I/O, testable without HTTP or a feature store.
 
-The global block's first layer is linear in [meta embedding, item embedding, item
-features, context], so
-
-    pre_activation = W_item [item_emb, item_features] + b  +  [W_meta | W_ctx] [e, context]
-
-splits into a per-item table computed once per model version ([n_items, H1]) and a
-per-request shift ([H1]). A request is then a gather of K rows, one broadcast add and the
-rest of the head: one small batched forward pass of a few fused ops (a serving process
-runs them with cold caches between requests, where every op dispatch counts).
+The global block's member-free part (`GlobalBlock.item_part`) is affine in the context, so
+it splits into a per-item table computed once per model version ([n_items, P], at zero
+context) and a per-request shift (a [P, C] matrix times the request's context). A request
+is then a gather of K rows, one add and `logits_from_parts`: one small batched forward
+pass of a few ops (a serving process runs them with cold caches between requests, where
+every op dispatch counts).
 """
 
 from __future__ import annotations
@@ -19,7 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from limaml.artifacts import Artifact
 from limaml.data import OOV_INDEX
@@ -46,17 +42,16 @@ class VersionScorer:
         self.profile_fields = tuple(artifact.schema.member_fields)  # the meta block's field order
         model = artifact.model.eval()
         block, config = model.global_block, model.config
+        self._global_block = block
         self._meta_block = model.meta_block
         self._prior = functools.lru_cache(maxsize=PRIOR_CACHE_SIZE)(self._prior_of_codes)
         with torch.inference_mode():
             all_items = torch.arange(config.n_items)
-            no_context = torch.zeros(config.n_items, config.context_dim)
-            self._item_table = block.item_part(all_items, no_context)  # [n_items, H1], bias included
-            context_weight = block.item_proj.weight[:, block.item_proj.in_features - config.context_dim:]
-            self._shift_weight = torch.cat([block.meta_proj.weight, context_weight], dim=1)  # [H1, E + C]
-            # head = ReLU, (Linear, ReLU)*, Linear: a ReLU before every Linear.
-            self._layers = [(layer.bias.clone(), layer.weight.t().contiguous())  # [out], [in, out]
-                            for layer in block.head if isinstance(layer, nn.Linear)]
+            self._item_table = block.item_part(all_items, torch.zeros(config.n_items, config.context_dim))  # [n_items, P]
+            # Column j: what context feature j = 1 adds to every item's part.
+            unit = torch.cat([torch.zeros(1, config.context_dim), torch.eye(config.context_dim)])  # [1 + C, C]
+            parts = block.item_part(torch.zeros(1 + config.context_dim, dtype=torch.int64), unit)  # [1 + C, P]
+            self._context_shift = (parts[1:] - parts[:1]).t().contiguous()  # [P, C]
 
     def prior(self, profile: dict[str, str] | None) -> np.ndarray:
         """[E] the meta block's meta-learned initial output on the member's profile (all
@@ -74,13 +69,12 @@ class VersionScorer:
         """Score every candidate for one member in one forward pass; unknown items are scored
         with the out-of-vocabulary row."""
         items = self.encoder.items(item_ids)  # [K]
-        member_and_context = np.concatenate([embedding, self.encoder.context([context])[0]])  # [E + C]
+        request_context = torch.from_numpy(self.encoder.context([context])[0])  # [C]
         with torch.inference_mode():
-            hidden = torch.index_select(self._item_table, 0, torch.from_numpy(items))  # [K, H1]
-            hidden.add_(self._shift_weight @ torch.from_numpy(member_and_context))  # [K, H1]
-            for bias, weight in self._layers:
-                hidden = torch.addmm(bias, hidden.relu_(), weight)  # [K, out]
-            logits = hidden.squeeze(-1)  # [K]
+            parts = torch.index_select(self._item_table, 0, torch.from_numpy(items))  # [K, P]
+            parts.add_(self._context_shift @ request_context)  # [K, P]
+            member = torch.tensor(embedding, dtype=torch.float32)[None]  # [1, E], a copy: priors are read-only
+            logits = self._global_block.logits_from_parts(member, parts[None])[0]  # [K]
             scores = torch.sigmoid(logits).numpy()
         order = np.argsort(-logits.numpy(), kind="stable")  # by logit: sigmoid saturates; ties keep request order
         return Ranking(order=order, scores=scores[order], known=items[order] != OOV_INDEX)

@@ -143,7 +143,7 @@ def test_a_members_events_change_their_ranking_and_a_model_switch_asks_for_a_ref
     adapt.kill()
     retrained = load_artifact(stack["artifacts"])
     with torch.no_grad():
-        retrained.model.global_block.item_embedding.weight.mul_(2.0)
+        retrained.model.global_block.item_vector.weight.mul_(2.0)
     new_version = save_artifact(stack["artifacts"], retrained.model, retrained.schema, {}, {})
     switched = poll(lambda: (body := score(serve, member_id, items))["model_version"] == new_version
                     and body, 30, f"the service to serve {new_version}")
