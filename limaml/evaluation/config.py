@@ -68,16 +68,16 @@ class BaselineConfig:
     baseline_batch_size: int = 256  # events per step of the supervised baselines
     baseline_lr: float = 1e-3  # Adam learning rate of the supervised baselines
     id_dropout: float = 0.1  # fraction of training events shown with the OOV member ID
-    online_lr: float = 0.1  # SGD step of id_embedding_online's member rows per test event
-    popularity_prior: float = 10.0  # popularity: pseudo-count pulling an item's rate to the global rate
-    counting_item_prior: float = 10.0  # counting: the same for the item's rate
-    counting_member_prior: float = 10.0  # counting: the same for the member's recent rate (> 0)
-    counting_window: int = 64  # counting: the member's most recent visible events counted (0: all)
-    melu_local_lr: float = 5e-6  # MeLU's local (per-member) learning rate (published 5e-6)
-    melu_local_steps: int = 1  # MeLU's local steps (published 1)
-    melu_outer_lr: float = 5e-5  # MeLU's outer Adam learning rate (published 5e-5)
-    melu_tasks_per_batch: int = 32  # MeLU's members per outer step (published 32)
-    melu_epochs: int = 20  # MeLU's passes over the training members (published 20)
+    online_lr: float = 0.03  # SGD step of id_embedding_online's member rows per test event
+    popularity_prior: float = 5.0  # popularity: pseudo-count pulling an item's rate to the global rate
+    counting_item_prior: float = 5.0  # counting: the same for the item's rate
+    counting_member_prior: float = 20.0  # counting: the same for the member's recent rate (> 0)
+    counting_window: int = 0  # counting: the member's most recent visible events counted (0: all)
+    melu_local_lr: float = 5e-2  # MeLU's local (per-member) learning rate (published: 5e-6)
+    melu_local_steps: int = 1  # MeLU's local steps (published: 1)
+    melu_outer_lr: float = 5e-5  # MeLU's outer Adam learning rate (published: 5e-5)
+    melu_tasks_per_batch: int = 32  # MeLU's members per outer step (published: 32)
+    melu_epochs: int = 100  # MeLU's passes over the training members (published: 20)
     maml_inner_lr: float = 0.02  # maml_full_network: initial per-tensor inner step size
 
     def __post_init__(self) -> None:
@@ -100,12 +100,13 @@ class AblationConfig:
 
 EVAL_DEFAULTS: dict[str, dict[str, Any]] = {"train": {"epochs": 40, "outer_lr": 1e-3}}
 """Where evaluation's defaults differ from `limaml train`'s: 8 epochs at 3e-3 under-train on
-ML-100K (chosen on the events before the split only; see docs/evaluation.md)."""
+ML-100K (chosen on the events before the split only; see docs/evaluation.md, which also
+says how the baselines' defaults above were chosen)."""
 
 QUICK: dict[str, dict[str, Any]] = {
     "eval": {"seeds": 2},
     "train": {"epochs": 10},
-    "baselines": {"baseline_epochs": 2},
+    "baselines": {"baseline_epochs": 2, "melu_epochs": 25},
     "ablation": {"sweep_inner_steps": (0, 3), "sweep_meta_dim": (8, 32), "sweep_support_size": (16, 64),
                  "sweep_order": False},
 }

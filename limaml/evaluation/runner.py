@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from limaml.evaluation import drift
-from limaml.evaluation.baselines import predict
+from limaml.evaluation.baselines import WideAndDeep, predict
 from limaml.evaluation.bootstrap import MemberBootstrap
 from limaml.evaluation.config import BaselineConfig, EvalConfig
 from limaml.evaluation.counting import score_counting, score_popularity
@@ -86,6 +86,11 @@ class SeedRun:
         self.seconds["limaml (training or loading)"] += time.monotonic() - started
         return model
 
+    @cached_property
+    def id_model(self) -> WideAndDeep:
+        """Shared by id_embedding and id_embedding_online."""
+        return self.trainer.id_embedding(self.seed)
+
     def policy(self, latency_s: float | None = None, every: int | None = None) -> Refresh:
         """The policy of every moving state: N and L of the config unless given."""
         return streaming(self.config.refresh_every if every is None else every,
@@ -117,10 +122,9 @@ class SeedRun:
         if name == "global":
             return predict(trainer.global_model(self.seed), exp.log, exp.test.index)
         if name == "id_embedding":
-            return predict(trainer.id_embedding(self.seed), exp.log, exp.test.index)
+            return predict(self.id_model, exp.log, exp.test.index)
         if name == "id_embedding_online":
-            return score_online(trainer.id_embedding(self.seed), exp.log, exp.test, self.policy(),
-                                b.online_lr, trainer.progress)
+            return score_online(self.id_model, exp.log, exp.test, self.policy(), b.online_lr, trainer.progress)
         if name == "popularity":
             return score_popularity(exp.log, exp.train_log, exp.test, b.popularity_prior)
         if name == "counting":
