@@ -72,7 +72,8 @@ def run_eval(args: argparse.Namespace) -> int:
     results = run_evaluation(config, settings["train"], settings["model"],
                              BaselineConfig(**settings["baselines"]), progress=not args.quiet)
     emit({"report": str(config.out_dir / "report.md"),
-          "auc": {system: buckets["all"]["auc"] for system, buckets in results.items()}})
+          **{metric: {system: buckets["all"].interval(metric).value for system, buckets in results.items()}
+             for metric in ("auc", "gauc", "log_loss")}})
     return 0
 
 
@@ -85,7 +86,7 @@ def run_ablate(args: argparse.Namespace) -> int:
     results = run_ablation(config, AblationConfig(**settings["ablation"]), settings["train"],
                            settings["model"], progress=not args.quiet)
     emit({"report": str(config.out_dir / "ablation.md"),
-          "streaming_auc": {factor: {value: summary["limaml_streaming"]["all"]["auc"]
+          "streaming_auc": {factor: {value: summary["limaml_streaming"]["all"].interval("auc").value
                                      for value, summary in values.items()}
                             for factor, values in results.items()}})
     return 0

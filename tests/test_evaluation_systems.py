@@ -1,5 +1,5 @@
-"""The baselines' models: MeLU's batched functional network against the module it copies,
-and the member-ID model's handling of members it never saw."""
+"""The baselines' models: maml_full_network's batched functional network against the module
+it copies, and the member-ID model's handling of members it never saw."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from limaml.adapters.synthetic import SyntheticConfig, generate_synthetic
 from limaml.config import default_tunables
 from limaml.data import InteractionLog
 from limaml.evaluation.baselines import EventBatch, GlobalModel, WideAndDeep, predict
-from limaml.evaluation.melu import MeLU, decision_logits
+from limaml.evaluation.maml_full_network import FullNetworkMAML, decision_logits
 from limaml.model import meta_forward
 from limaml.train import build_model
 
@@ -25,9 +25,9 @@ def synthetic_log() -> InteractionLog:
     return generate_synthetic(SyntheticConfig(n_members=100, n_items=40, seed=7)).log
 
 
-def test_melu_without_steps_is_the_two_block_network() -> None:
+def test_full_network_maml_without_steps_is_the_two_block_network() -> None:
     model = small_model()
-    melu = MeLU(model, inner_lr=0.1)
+    melu = FullNetworkMAML(model, inner_lr=0.1)
     support = SupportBatch.from_members(random_members(model, [5, 9, 2]), model.config.context_dim)
     with torch.no_grad():
         params = melu.adapt(support, steps=0, first_order=True)
@@ -37,9 +37,9 @@ def test_melu_without_steps_is_the_two_block_network() -> None:
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_melu_adapts_each_member_as_it_would_alone_and_lowers_its_support_loss() -> None:
+def test_full_network_maml_adapts_each_member_as_it_would_alone_and_lowers_its_support_loss() -> None:
     model = small_model()
-    melu = MeLU(model, inner_lr=0.1)
+    melu = FullNetworkMAML(model, inner_lr=0.1)
     members = random_members(model, [0, 6, 20, 11], seed=2)
     together = SupportBatch.from_members(members, model.config.context_dim)
     with torch.no_grad():

@@ -7,7 +7,8 @@
   feature). Members without training events read the OOV row, which learns because a
   fraction of training events are shown with the OOV ID (ID dropout).
 
-Both are trained once, on the events before the split, and never updated afterwards.
+Both are trained once, on the events before the split; `limaml.evaluation.online` keeps
+training the member-ID model's member rows during the test period.
 """
 
 from __future__ import annotations
@@ -63,6 +64,15 @@ class GlobalModel(nn.Module):
         return self.net.global_block(embedding, batch.items[:, None], batch.context[:, None])[:, 0]
 
 
+@dataclass(frozen=True)
+class MemberRows:
+    """What the member-ID model stores per member (its sparse, member-keyed parameters)."""
+
+    embedding: Tensor  # [B, E] added to the meta embedding (deep part)
+    bias: Tensor  # [B] (wide part)
+    cross: Tensor  # [B, F] weights on the item content features (wide part)
+
+
 class WideAndDeep(nn.Module):
     """LiMAML's network plus a member-ID embedding (deep) and per-member weights (wide)."""
 
@@ -89,13 +99,21 @@ class WideAndDeep(nn.Module):
                               OOV_INDEX, ids)
         return ids
 
+    def member_rows(self, member: Tensor) -> MemberRows:
+        """The rows each member reads: their own, or the OOV row (see `ids`)."""
+        ids = self.ids(member)
+        return MemberRows(self.member_id(ids), self.member_bias(ids)[:, 0], self.member_cross(ids))
+
     def forward(self, batch: EventBatch) -> Tensor:
         """-> [B] logits."""
-        ids = self.ids(batch.member)
-        embedding = self.net.meta_block(batch.member_features) + self.member_id(ids)  # [B, E]
+        return self.logits(batch, self.member_rows(batch.member))
+
+    def logits(self, batch: EventBatch, rows: MemberRows) -> Tensor:
+        """[B] logits with the given member rows in place of the tables'."""
+        embedding = self.net.meta_block(batch.member_features) + rows.embedding  # [B, E]
         deep = self.net.global_block(embedding, batch.items[:, None], batch.context[:, None])[:, 0]
         item_features = self.net.global_block.item_features[batch.items]  # [B, F]
-        wide = self.member_bias(ids)[:, 0] + (self.member_cross(ids) * item_features).sum(-1)
+        wide = rows.bias + (rows.cross * item_features).sum(-1)
         return deep + wide
 
 

@@ -17,14 +17,26 @@ EVAL_TRAIN_FIELDS = ("epochs", "members_per_batch", "support_size", "query_size"
 """The TrainConfig fields meta-training reads under evaluation; the rest are set by it."""
 
 
+DEFAULT_SYSTEMS = ("global", "popularity", "counting", "id_embedding", "id_embedding_online", "melu",
+                   "batch_daily", "limaml_never", "limaml_frozen", "limaml_streaming")
+"""The systems `limaml eval` runs unless `systems` names others (see docs/evaluation.md)."""
+OPT_IN_SYSTEMS = ("maml_full_network",)
+"""Systems run only when named: maml_full_network's meta-training costs more than the headline
+run's time budget allows."""
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     dataset: str = "movielens"  # dataset spec, see limaml.adapters.registry.load_dataset
     out_dir: Path = Path("eval-report")  # report, plots, results.json and cached models go here
-    seeds: int = 5  # every model is trained with seeds 0..seeds-1; intervals are across seeds
+    seeds: int = 5  # every model is trained with seeds 0..seeds-1
     split_quantile: float = 0.8  # fraction of the events, in time order, before the split
-    refresh_every: int = 1  # N: streaming re-adapts a member after every N new events
-    refresh_sweep: tuple[int, ...] = (1, 2, 5, 10, 20, 50)  # the N of the AUC-against-N plot
+    systems: str = ""  # comma-separated systems to run (empty: the default ten); maml_full_network is opt-in
+    refresh_every: int = 1  # N: moving member states are rebuilt after every N new events
+    refresh_latency_s: float = 2.0  # L: a rebuild is usable L seconds after the event that triggered it
+    latency_sweep: tuple[int, ...] = (0, 1, 10, 60, 3600, 86400)  # the L (seconds) of the AUC-against-L table
+    refresh_sweep: tuple[int, ...] = (1, 5, 20)  # the N of the AUC-against-N table (empty: none)
+    bootstrap_resamples: int = 1000  # resamples of the test members behind every interval
     max_events: int = 0  # use only the first N events of the log (0: all), for quick runs
     reuse_models: bool = True  # load models an earlier run trained with the same settings
     device: str = "auto"  # "auto" picks CUDA when present
@@ -32,8 +44,22 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.seeds < 1 or self.refresh_every < 1 or min(self.refresh_sweep, default=1) < 1:
             raise ValueError("seeds, refresh_every and every refresh_sweep value must be >= 1")
+        if self.refresh_latency_s < 0 or min(self.latency_sweep, default=0) < 0:
+            raise ValueError("refresh_latency_s and every latency_sweep value must be >= 0")
+        if self.bootstrap_resamples < 1:
+            raise ValueError(f"bootstrap_resamples must be >= 1, got {self.bootstrap_resamples}")
         if not 0.0 < self.split_quantile < 1.0:
             raise ValueError(f"split_quantile must be in (0, 1), got {self.split_quantile}")
+        unknown = set(self.system_names) - set(DEFAULT_SYSTEMS + OPT_IN_SYSTEMS)
+        if unknown:
+            raise ValueError(f"unknown systems {sorted(unknown)}; known: "
+                             f"{', '.join(DEFAULT_SYSTEMS + OPT_IN_SYSTEMS)}")
+
+    @property
+    def system_names(self) -> tuple[str, ...]:
+        """The systems to run, in the report's order."""
+        named = [name.strip() for name in self.systems.split(",") if name.strip()]
+        return tuple(named) if named else DEFAULT_SYSTEMS
 
 
 @dataclass(frozen=True)
@@ -42,7 +68,26 @@ class BaselineConfig:
     baseline_batch_size: int = 256  # events per step of the supervised baselines
     baseline_lr: float = 1e-3  # Adam learning rate of the supervised baselines
     id_dropout: float = 0.1  # fraction of training events shown with the OOV member ID
-    melu_inner_lr: float = 0.02  # initial per-tensor inner step size of the MeLU baseline
+    online_lr: float = 0.03  # SGD step of id_embedding_online's member rows per test event
+    popularity_prior: float = 5.0  # popularity: pseudo-count pulling an item's rate to the global rate
+    counting_item_prior: float = 5.0  # counting: the same for the item's rate
+    counting_member_prior: float = 20.0  # counting: the same for the member's recent rate (> 0)
+    counting_window: int = 0  # counting: the member's most recent visible events counted (0: all)
+    melu_local_lr: float = 5e-2  # MeLU's local (per-member) learning rate (published: 5e-6)
+    melu_local_steps: int = 1  # MeLU's local steps (published: 1)
+    melu_outer_lr: float = 5e-5  # MeLU's outer Adam learning rate (published: 5e-5)
+    melu_tasks_per_batch: int = 32  # MeLU's members per outer step (published: 32)
+    melu_epochs: int = 100  # MeLU's passes over the training members (published: 20)
+    maml_inner_lr: float = 0.02  # maml_full_network: initial per-tensor inner step size
+
+    def __post_init__(self) -> None:
+        if self.counting_member_prior <= 0 or min(self.popularity_prior, self.counting_item_prior) < 0:
+            raise ValueError("counting_member_prior must be > 0 and the item pseudo-counts >= 0")
+
+    def supervised(self) -> dict[str, Any]:
+        """The fields that determine the supervised baselines (their model cache key)."""
+        return {name: getattr(self, name) for name in
+                ("baseline_epochs", "baseline_batch_size", "baseline_lr", "id_dropout")}
 
 
 @dataclass(frozen=True)
@@ -55,12 +100,13 @@ class AblationConfig:
 
 EVAL_DEFAULTS: dict[str, dict[str, Any]] = {"train": {"epochs": 40, "outer_lr": 1e-3}}
 """Where evaluation's defaults differ from `limaml train`'s: 8 epochs at 3e-3 under-train on
-ML-100K (chosen on the events before the split only; see docs/evaluation.md)."""
+ML-100K (chosen on the events before the split only; see docs/evaluation.md, which also
+says how the baselines' defaults above were chosen)."""
 
 QUICK: dict[str, dict[str, Any]] = {
-    "eval": {"seeds": 2, "refresh_sweep": (1, 5, 20)},
+    "eval": {"seeds": 2},
     "train": {"epochs": 10},
-    "baselines": {"baseline_epochs": 2},
+    "baselines": {"baseline_epochs": 2, "melu_epochs": 25},
     "ablation": {"sweep_inner_steps": (0, 3), "sweep_meta_dim": (8, 32), "sweep_support_size": (16, 64),
                  "sweep_order": False},
 }

@@ -1,26 +1,29 @@
 """Drift segments of a synthetic log's test events, from the generator's ground truth.
 
 The synthetic generator changes some members' taste at a known moment (`drift_ts`). A
-frozen embedding describes the taste before that moment; a streaming one can follow the
-change. The segments below separate the test events where that matters from the rest.
+frozen or nightly embedding describes the taste of a day or more ago; a streaming one can
+follow the change within seconds. The segments below separate the test events where that
+matters (drifting members) from the rest (steady members).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from limaml.adapters.registry import parse_synthetic_config
 from limaml.adapters.synthetic import SyntheticConfig, generate_synthetic
+from limaml.evaluation.bootstrap import MemberBootstrap
 from limaml.evaluation.plots import plot_lines
-from limaml.evaluation.report import (finite_or_none, nan_if_none, auc_estimate, format_estimate,
-                                      paired_difference, summarise, write_json)
-from limaml.evaluation.stats import Estimate
+from limaml.evaluation.report import format_interval, write_json
+from limaml.evaluation.summary import Summary, difference, summarise, summary_json
 from limaml.evaluation.training import Experiment
 
 TIME_BINS = 4  # equal-count bins of test time for the gap-over-time view
+STREAMING = "limaml_streaming"
+REFERENCES = ("batch_daily", "limaml_frozen")  # what streaming is compared with
+METRICS = ("auc", "gauc")
 
 
 def drift_times(spec: str) -> np.ndarray | None:
@@ -36,11 +39,10 @@ def drift_segments(experiment: Experiment, drift_ts: np.ndarray) -> dict[str, np
     """Segment name -> [T] mask of the test events in it."""
     test = experiment.test
     member_drift = drift_ts[test.member]
-    ts = experiment.log.ts[test.index]
     drifting = member_drift >= 0
-    after = drifting & (ts >= member_drift)
+    after = drifting & (test.ts >= member_drift)
     return {
-        "stable members": ~drifting,
+        "steady members": ~drifting,
         "drifting members, before their drift": drifting & ~after,
         "drifting members, after their drift": after,
         "drift after the split, after it": after & (member_drift >= test.split_ts),
@@ -55,51 +57,52 @@ def time_bins(experiment: Experiment, n_bins: int = TIME_BINS) -> list[np.ndarra
     return [(positions >= lo) & (positions < hi) for lo, hi in zip(edges[:-1], edges[1:])]
 
 
-def _gap_cell(estimate: Estimate, n: int) -> dict[str, Any]:
-    return {"gap": finite_or_none(estimate.mean), "ci_low": finite_or_none(estimate.ci_low),
-            "ci_high": finite_or_none(estimate.ci_high), "n": n}
+def segment_table(summary: Summary, metric: str, references: tuple[str, ...]) -> str:
+    shown = (*references, STREAMING)
+    lines = ["| segment | events | " + " | ".join(shown) + " | "
+             + " | ".join(f"streaming - {r} (paired)" for r in references) + " |",
+             "| --- | ---: | " + " | ".join("---:" for _ in shown + references) + " |"]
+    for segment, cell in summary[STREAMING].items():
+        values = [format_interval(summary[name][segment].interval(metric)) for name in shown]
+        gaps = [format_interval(difference(cell, summary[r][segment], metric), signed=True) for r in references]
+        lines.append(f"| {segment} | {cell.n} | " + " | ".join(values + gaps) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def drift_report(experiment: Experiment, drift_ts: np.ndarray, scores: dict[str, list[np.ndarray]],
-                 out_dir: Path) -> str:
-    """Streaming against frozen by drift segment and over test time: drift.json, drift.png and
-    a markdown section."""
+                 bootstrap: MemberBootstrap, out_dir: Path) -> str:
+    """Streaming against the nightly and frozen embeddings by drift segment and over test time:
+    drift.json, drift.png and a markdown section."""
+    references = tuple(r for r in REFERENCES if r in scores)
+    if STREAMING not in scores or not references:
+        return "\n## Drift (synthetic ground truth)\n\nNeeds limaml_streaming and batch_daily or limaml_frozen.\n"
     labels = experiment.labels
-    compared = {name: scores[name] for name in ("limaml_frozen", "limaml_streaming")}
+    compared = {name: scores[name] for name in (*references, STREAMING)}
     segments = drift_segments(experiment, drift_ts)
-    by_segment = summarise(labels, segments, compared)
-    table = ["| segment | events | limaml_frozen | limaml_streaming | streaming - frozen (paired) |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    segment_json = {}
-    for name, mask in segments.items():
-        frozen, streaming = by_segment["limaml_frozen"][name], by_segment["limaml_streaming"][name]
-        gap = paired_difference(streaming, frozen)
-        segment_json[name] = {"limaml_frozen": frozen, "limaml_streaming": streaming,
-                              **_gap_cell(gap, int(mask.sum()))}
-        table.append(f"| {name} | {int(mask.sum())} | {format_estimate(auc_estimate(frozen))} | "
-                     f"{format_estimate(auc_estimate(streaming))} | {format_estimate(gap, signed=True)} |")
+    by_segment = summarise(bootstrap, labels, segments, compared)
     bins = time_bins(experiment)
-    over_time: dict[str, dict[str, dict[str, Any]]] = {}
-    for name in ("stable members", "drifting members, after their drift"):
+    over_time = {}
+    for name in ("steady members", "drifting members, after their drift"):
         masks = {f"{i + 1}/{len(bins)}": segments[name] & b for i, b in enumerate(bins)}
-        summary = summarise(labels, masks, compared)
-        over_time[name] = {
-            label: _gap_cell(paired_difference(summary["limaml_streaming"][label],
-                                               summary["limaml_frozen"][label]), int(mask.sum()))
-            for label, mask in masks.items()}
-    write_json(out_dir / "drift.json", {"segments": segment_json, "over_time": over_time})
-    plot_lines({name: (list(cells), [{"auc": c["gap"], "ci_low": c["ci_low"], "ci_high": c["ci_high"]}
-                                     for c in cells.values()])
-                for name, cells in over_time.items()},
-               out_dir / "drift.png", "streaming - frozen AUC over the test period",
-               "test period, equal-count quarters in time order", "AUC gap (95% CI over seeds)")
-    time_table = ["| test period | " + " | ".join(over_time) + " |",
-                  "| --- | " + " | ".join("---:" for _ in over_time) + " |"]
-    for label in next(iter(over_time.values())):
-        cells = [over_time[name][label] for name in over_time]
-        time_table.append(f"| {label} | " + " | ".join(
-            f"{format_estimate(Estimate(nan_if_none(c['gap']), c['ci_low'], c['ci_high'], ()), signed=True)}"
-            f" (n={c['n']})" for c in cells) + " |")
-    return ("\n## Drift (synthetic ground truth)\n\n" + "\n".join(table) + "\n\n"
-            "streaming - frozen AUC gap over the test period:\n\n" + "\n".join(time_table)
+        summary = summarise(bootstrap, labels, masks, compared)
+        over_time[name] = {r: [difference(summary[STREAMING][q], summary[r][q], "auc") for q in masks]
+                           for r in references}
+    quarters = [f"{i + 1}/{len(bins)}" for i in range(len(bins))]
+    write_json(out_dir / "drift.json", {
+        "segments": summary_json(by_segment),
+        "over_time_auc_gap": {segment: {r: [{"gap": g.value, "ci_low": g.low, "ci_high": g.high} for g in gaps]
+                                        for r, gaps in per_ref.items()}
+                              for segment, per_ref in over_time.items()}})
+    plot_lines({f"{segment}, - {r}": gaps for segment, per_ref in over_time.items() for r, gaps in per_ref.items()},
+               quarters, out_dir / "drift.png", "streaming minus reference AUC over the test period",
+               "test period, equal-count quarters in time order", "AUC gap (95% member-bootstrap interval)")
+    columns = [(segment, r) for segment, per_ref in over_time.items() for r in per_ref]
+    time_table = ["| test period | " + " | ".join(f"{s}: streaming - {r}" for s, r in columns) + " |",
+                  "| --- | " + " | ".join("---:" for _ in columns) + " |"]
+    for i, quarter in enumerate(quarters):
+        time_table.append(f"| {quarter} | " + " | ".join(
+            format_interval(over_time[s][r][i], signed=True) for s, r in columns) + " |")
+    return ("\n## Drift (synthetic ground truth)\n\nPooled AUC by segment:\n\n" + segment_table(by_segment, "auc", references)
+            + "\nGAUC by segment:\n\n" + segment_table(by_segment, "gauc", references)
+            + "\nPooled AUC gap over the test period:\n\n" + "\n".join(time_table)
             + "\n\n![gap over time](drift.png)\n")

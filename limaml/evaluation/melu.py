@@ -1,20 +1,36 @@
-"""MeLU-style baseline: per-member fine-tuning of the whole decision network.
+"""`melu`: MeLU as published (Lee et al., KDD 2019), on the features the log has.
 
-MeLU (Lee et al., KDD 2019) meta-learns the initialisation of a recommender's decision
-layers and fine-tunes all of them for each user. Here the decision network is LiMAML's
-own: the meta block and every linear layer of the global block; the item embedding table
-stays shared, as MeLU keeps its embeddings global. Each adapted tensor has one learned
-inner step size. It is the quality reference LiMAML's meta embeddings replace: a member's
-state is a full copy of the decision layers instead of one small vector.
+The network is the published `user_preference_estimator`: every feature embedded in 32
+dimensions and concatenated, then fc1 (64) -> ReLU -> fc2 (64) -> ReLU -> linear_out (1).
 
-Members are batched as in `limaml.adaptation`: every member gets its own copy of the
-weights along a leading dimension, and the summed per-member mean loss is differentiated
-with `torch.func.grad`.
+- member: each categorical meta feature through its own `nn.Embedding(cardinality, 32)`
+  (MovieLens: gender, age, occupation, zip region);
+- item: the multi-hot columns (those whose values are all 0 or 1; MovieLens: the genres and
+  the year-missing flag) through a bias-free `Linear(n_flags, 32)` divided by the number of
+  flags set, as MeLU embeds genres, directors and actors; the other columns (the release
+  year) through a `Linear(n, 32)`. There is no item-ID embedding: MeLU has none;
+- context, when the log has any, appended as it is.
+
+Only fc1, fc2 and linear_out are fine-tuned per member (MeLU's local update); the
+embeddings are learned in the outer loop only. Meta-training follows the published loop:
+tasks of `tasks_per_batch` members per outer Adam step, `local_steps` plain gradient steps
+of size `local_lr` on the support set, the query loss after them. Two differences:
+
+- the loss is the log-loss of the binary label (rating >= 4) instead of the MSE of the 1-5
+  rating: every system here is scored as a click probability, which MSE on ratings does
+  not give;
+- the meta-gradient is first-order, as it is *in effect* in the published code: its local
+  update builds differentiable fast weights but then copies them into the model with
+  `load_state_dict`, which cuts the graph, so the query loss's gradient taken at the
+  fine-tuned weights is what updates the initial ones.
+
+Members are batched as in `limaml.adaptation`: each gets its own copy of the fine-tuned
+layers along a leading dimension, differentiated together with `torch.func.grad`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,100 +42,155 @@ from tqdm import tqdm
 from limaml.adaptation import SupportBatch, example_weights
 from limaml.data import InteractionLog
 from limaml.episodes import MemberHistories, sample_episodes
-from limaml.model import AdaptedParams, LiMAML, meta_forward
-from limaml.train import TrainConfig, build_model, resolve_device, seed_everything
+from limaml.model import AdaptedParams
+from limaml.train import resolve_device, seed_everything
+
+EMBEDDING_DIM = 32  # the published embedding_dim
+HIDDEN = (64, 64)  # the published first_fc_hidden_dim and second_fc_hidden_dim
+LOCAL = ("fc1_w", "fc1_b", "fc2_w", "fc2_b", "out_w", "out_b")  # the locally updated tensors
+
+
+@dataclass(frozen=True)
+class MeLUConfig:
+    """The shapes MeLU reads off the log."""
+
+    member_cardinalities: tuple[int, ...]  # one embedding table per member meta feature
+    flag_columns: tuple[int, ...]  # item feature columns embedded as one multi-hot group
+    numeric_columns: tuple[int, ...]  # the other item feature columns
+    context_dim: int
+
+    @classmethod
+    def from_log(cls, log_data: InteractionLog) -> MeLUConfig:
+        features = log_data.item_features[1:]  # row 0 is the OOV item
+        binary = np.isin(features, (0.0, 1.0)).all(axis=0)
+        return cls(
+            member_cardinalities=tuple(len(log_data.member_feature_vocabs[name])
+                                       for name in sorted(log_data.member_features)),
+            flag_columns=tuple(np.flatnonzero(binary).tolist()),
+            numeric_columns=tuple(np.flatnonzero(~binary).tolist()),
+            context_dim=len(log_data.context_names))
 
 
 class MeLU(nn.Module):
-    """LiMAML's network with all decision layers adapted per member."""
+    """The embeddings (outer loop only) and the decision layers' initialisation."""
 
-    def __init__(self, net: LiMAML, inner_lr: float) -> None:
+    item_features: Tensor  # [n_items, F] buffer
+
+    def __init__(self, config: MeLUConfig, item_features: np.ndarray, local_lr: float,
+                 local_steps: int) -> None:
         super().__init__()
-        self.net = net
-        self.linears = [layer for layer in net.global_block.head if isinstance(layer, nn.Linear)]
-        names = ["input", "w1", "b1", "w2", "b2", "item_w", "item_b", "meta_w"]
-        names += [f"head_{kind}{i}" for i in range(len(self.linears)) for kind in ("w", "b")]
-        self.step_sizes = nn.ParameterDict({name: nn.Parameter(torch.tensor(inner_lr)) for name in names})
+        self.config = config
+        self.local_lr, self.local_steps = local_lr, local_steps
+        self.register_buffer("item_features", torch.from_numpy(np.asarray(item_features, np.float32)))
+        self.member_embeddings = nn.ModuleList(nn.Embedding(c, EMBEDDING_DIM)
+                                               for c in config.member_cardinalities)
+        self.flags = nn.Linear(len(config.flag_columns), EMBEDDING_DIM, bias=False) \
+            if config.flag_columns else None
+        self.numeric = nn.Linear(len(config.numeric_columns), EMBEDDING_DIM) \
+            if config.numeric_columns else None
+        groups = len(self.member_embeddings) + (self.flags is not None) + (self.numeric is not None)
+        self.fc1 = nn.Linear(groups * EMBEDDING_DIM + config.context_dim, HIDDEN[0])
+        self.fc2 = nn.Linear(HIDDEN[0], HIDDEN[1])
+        self.linear_out = nn.Linear(HIDDEN[1], 1)
+
+    def inputs(self, member_features: Tensor, items: Tensor, context: Tensor) -> Tensor:
+        """member_features [B, n_fields], items [B, K], context [B, K, C] -> [B, K, D]."""
+        k = items.shape[1]
+        parts = [table(member_features[:, i])[:, None].expand(-1, k, -1)
+                 for i, table in enumerate(self.member_embeddings)]
+        features = self.item_features[items]  # [B, K, F]
+        if self.flags is not None:
+            flags = features[..., list(self.config.flag_columns)]
+            parts.append(self.flags(flags) / flags.sum(-1, keepdim=True).clamp(min=1.0))
+        if self.numeric is not None:
+            parts.append(self.numeric(features[..., list(self.config.numeric_columns)]))
+        return torch.cat(parts + [context], dim=-1)
 
     def initial_params(self, member_features: Tensor) -> AdaptedParams:
-        """The meta-learned decision network, one (view) copy per member."""
+        """The decision layers, one (view) copy per member, plus the member's embeddings."""
         batch = member_features.shape[0]
-        params = self.net.meta_block.initial_params(member_features)
-        block = self.net.global_block
-        shared = {"item_w": block.item_proj.weight, "item_b": block.item_proj.bias,
-                  "meta_w": block.meta_proj.weight}
-        for i, layer in enumerate(self.linears):
-            shared[f"head_w{i}"], shared[f"head_b{i}"] = layer.weight, layer.bias
-        params.update({name: t.expand(batch, *t.shape) for name, t in shared.items()})
+        layers = {"fc1": self.fc1, "fc2": self.fc2, "out": self.linear_out}
+        params = {}
+        for name, layer in layers.items():
+            params[f"{name}_w"] = layer.weight.expand(batch, *layer.weight.shape)
+            params[f"{name}_b"] = layer.bias.expand(batch, *layer.bias.shape)
+        params["member"] = member_features  # carried along for scoring, never updated
         return params
 
-    def item_inputs(self, items: Tensor, context: Tensor) -> Tensor:
-        """items [B, K], context [B, K, C] -> [B, K, D] the shared, un-adapted item inputs."""
-        block = self.net.global_block
-        return torch.cat([block.item_embedding(items), block.item_features[items], context], dim=-1)
+    def fine_tune(self, support: SupportBatch) -> AdaptedParams:
+        """`local_steps` gradient steps of every member's decision layers on its support set.
 
-    def adapt(self, support: SupportBatch, steps: int, first_order: bool) -> AdaptedParams:
-        """Fine-tune every member's decision network on its support set."""
+        The local gradients are constants to the outer loop (first-order, see the module doc)."""
         params = self.initial_params(support.member_features)
-        inputs = self.item_inputs(support.items, support.context)
+        inputs = self.inputs(support.member_features, support.items, support.context)
         weights = example_weights(support.mask)
-        for _ in range(steps):
-            grads = _summed_loss_grad(params, self, inputs, support.labels, weights)
-            if first_order:
-                grads = {name: g.detach() for name, g in grads.items()}
-            params = {name: p - self.step_sizes[name] * grads[name] for name, p in params.items()}
+        for _ in range(self.local_steps):
+            local = {name: params[name] for name in LOCAL}
+            grads = _summed_loss_grad(local, inputs, support.labels, weights)
+            params |= {name: local[name] - self.local_lr * grads[name].detach() for name in LOCAL}
         return params
 
-
-def decision_logits(params: AdaptedParams, model: MeLU, inputs: Tensor) -> Tensor:
-    """Per-member decision networks on [B, K, D] item inputs -> [B, K] logits."""
-    meta = meta_forward(params)  # [B, E]
-    hidden = (torch.einsum("bhd,bkd->bkh", params["item_w"], inputs) + params["item_b"][:, None]
-              + torch.einsum("bhe,be->bh", params["meta_w"], meta)[:, None])  # [B, K, H1]
-    for i in range(len(model.linears)):
-        hidden = torch.einsum("boh,bkh->bko", params[f"head_w{i}"], torch.relu(hidden))
-        hidden = hidden + params[f"head_b{i}"][:, None]
-    return hidden[..., 0]
+    def logits(self, params: AdaptedParams, items: Tensor, context: Tensor) -> Tensor:
+        """items [B, K], context [B, K, C] -> [B, K] logits of the fine-tuned networks."""
+        return decision_logits(params, self.inputs(params["member"], items, context))
 
 
-def _summed_loss(params: AdaptedParams, model: MeLU, inputs: Tensor, labels: Tensor,
-                 weights: Tensor) -> Tensor:
-    losses = F.binary_cross_entropy_with_logits(decision_logits(params, model, inputs), labels,
-                                                reduction="none")
+def decision_logits(params: AdaptedParams, inputs: Tensor) -> Tensor:
+    """Per-member fc1 -> fc2 -> linear_out on [B, K, D] inputs -> [B, K] logits."""
+    hidden = torch.relu(torch.einsum("bhd,bkd->bkh", params["fc1_w"], inputs) + params["fc1_b"][:, None])
+    hidden = torch.relu(torch.einsum("boh,bkh->bko", params["fc2_w"], hidden) + params["fc2_b"][:, None])
+    return (torch.einsum("boh,bkh->bko", params["out_w"], hidden) + params["out_b"][:, None])[..., 0]
+
+
+def _summed_loss(local: AdaptedParams, inputs: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
+    """Sum over members of each member's mean log-loss."""
+    losses = F.binary_cross_entropy_with_logits(decision_logits(local, inputs), labels, reduction="none")
     return (losses * weights).sum()
 
 
 _summed_loss_grad = grad(_summed_loss)
 
 
-def build_melu(log_data: InteractionLog, tunables: dict[str, Any], inner_lr: float) -> MeLU:
-    return MeLU(build_model(log_data, tunables), inner_lr)
+@dataclass(frozen=True)
+class MeLUTraining:
+    """Meta-training settings (published values: 1 step, 5e-6, 5e-5, 32 tasks, 20 epochs)."""
+
+    local_lr: float
+    local_steps: int
+    outer_lr: float
+    tasks_per_batch: int
+    epochs: int
+    support_size: int  # K, as for LiMAML
+    query_size: int  # Q, as for LiMAML
+    seed: int = 0
+    device: str = "auto"
 
 
-def meta_train_melu(train_log: InteractionLog, full_log: InteractionLog, config: TrainConfig,
-                    tunables: dict[str, Any], inner_lr: float, progress: bool = False) -> MeLU:
-    """MAML over the whole decision network, with the same episodes and budget as LiMAML."""
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
-    model = build_melu(full_log, tunables, inner_lr).to(device)
-    steps, first_order = model.net.config.inner_steps, model.net.config.first_order
+def build_melu(log_data: InteractionLog, local_lr: float, local_steps: int) -> MeLU:
+    return MeLU(MeLUConfig.from_log(log_data), log_data.item_features, local_lr, local_steps)
+
+
+def meta_train_melu(train_log: InteractionLog, full_log: InteractionLog, settings: MeLUTraining,
+                    progress: bool = False) -> MeLU:
+    """First-order MAML over the members of the training events, on LiMAML's episodes."""
+    seed_everything(settings.seed)
+    device = resolve_device(settings.device)
+    model = build_melu(full_log, settings.local_lr, settings.local_steps).to(device)
     histories = MemberHistories.from_log(train_log)
     members = histories.active_members()
-    trainable = [p for name, p in model.named_parameters() if not name.startswith("net.inner_lr")]
-    optimizer = torch.optim.Adam(trainable, lr=config.outer_lr)
-    rng = np.random.default_rng(config.seed)
-    batches = -(-members.size // config.members_per_batch)
-    bar = tqdm(total=config.epochs * batches, desc="meta-training MeLU", unit="batch",
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.outer_lr)
+    rng = np.random.default_rng(settings.seed)
+    batches = -(-members.size // settings.tasks_per_batch)
+    bar = tqdm(total=settings.epochs * batches, desc="meta-training MeLU", unit="batch",
                disable=not progress)
     model.train()
-    for _ in range(config.epochs):
+    for _ in range(settings.epochs):
         order = rng.permutation(members)
-        for start in range(0, order.size, config.members_per_batch):
-            episodes = sample_episodes(train_log, histories, order[start:start + config.members_per_batch],
-                                       config.support_size, config.query_size, rng, device)
-            params = model.adapt(episodes.support, steps, first_order)
-            logits = decision_logits(params, model, model.item_inputs(episodes.query.items,
-                                                                      episodes.query.context))
+        for start in range(0, order.size, settings.tasks_per_batch):
+            episodes = sample_episodes(train_log, histories, order[start:start + settings.tasks_per_batch],
+                                       settings.support_size, settings.query_size, rng, device)
+            params = model.fine_tune(episodes.support)
+            logits = model.logits(params, episodes.query.items, episodes.query.context)
             losses = F.binary_cross_entropy_with_logits(logits, episodes.query.labels, reduction="none")
             loss = (losses * example_weights(episodes.query.mask)).sum() / len(episodes.query)
             optimizer.zero_grad(set_to_none=True)

@@ -7,14 +7,18 @@ the later one and not the other way round. Everything here is expressed as posit
 member's history (`MemberHistories` of the whole log): the event at position p has p prior
 interactions, and any state it is scored with is built from a prefix [0, r) with r <= p.
 
-Refresh policies say which prefix a member's embedding was last adapted on:
+Refresh policies say which prefix a member's state was last built on (s is the member's
+number of events before the split):
 
 - never: r = 0, the meta-learned prior;
-- frozen: r = the member's number of events before the split (the paper's batch refresh);
-- streaming(N): starting from the frozen state, the embedding is re-adapted each time the
-  member has N new events after the split, so r = s + floor((p - s) / N) * N where s is
-  the member's count before the split. N = 1 re-adapts after every event; a very large N
-  is the frozen policy.
+- frozen: r = s, built once at the split;
+- daily: r = the member's events before the last UTC midnight before the event (the
+  paper's periodic batch refresh, each night's batch usable from midnight on);
+- streaming(N, L): rebuilt after every N new events of the member after the split, each
+  rebuild usable L seconds after the event that triggered it. With v the member's events
+  at least L seconds older than the event (for L = 0: all earlier ones, v = p),
+  r = s + floor((v - s) / N) * N when v >= s, else s (the frozen state). N = 1, L = 0
+  rebuilds before the member's next event; a very large N is the frozen policy.
 
 The support set of a refresh is the K most recent events of the prefix.
 """
@@ -22,6 +26,7 @@ The support set of a refresh is the K most recent events of the prefix.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -34,10 +39,29 @@ BUCKETS: tuple[tuple[str, int, int | None], ...] = (
 
 BUCKET_NAMES: tuple[str, ...] = ("all",) + tuple(name for name, _, _ in BUCKETS)
 
-NEVER = 0
-"""Refresh interval meaning the embedding is never adapted (the prior)."""
-FROZEN = -1
-"""Refresh interval meaning the embedding is adapted once, at the split, and kept."""
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """A refresh policy (see the module doc)."""
+
+    kind: Literal["never", "frozen", "daily", "streaming"]
+    every: int = 1  # streaming: N, new events of the member between rebuilds
+    latency_s: float = 0.0  # streaming: L, seconds before a rebuild can be used
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.latency_s < 0:
+            raise ValueError(f"a refresh needs every >= 1 and latency_s >= 0, got {self}")
+
+
+NEVER = Refresh("never")
+FROZEN = Refresh("frozen")
+DAILY = Refresh("daily")
+
+
+def streaming(every: int = 1, latency_s: float = 0.0) -> Refresh:
+    return Refresh("streaming", every, latency_s)
 
 
 def history_positions(histories: MemberHistories, n_events: int) -> np.ndarray:
@@ -54,8 +78,10 @@ class TestEvents:
 
     split_ts: int  # events with ts < split_ts are training data
     histories: MemberHistories  # of the whole log, so prefixes may run into the test period
+    history_ts: np.ndarray  # [E] timestamp of each event of `histories.order`
     index: np.ndarray  # [T] log indices of the test events, ascending
     member: np.ndarray  # [T]
+    ts: np.ndarray  # [T] epoch milliseconds
     position: np.ndarray  # [T] prior interactions of the member before the event
     split_count: np.ndarray  # [T] the member's events before the split
 
@@ -74,18 +100,33 @@ class TestEvents:
         masks.update({name: bucket == i for i, (name, _, _) in enumerate(BUCKETS)})
         return masks
 
-    def refresh_point(self, every: int) -> np.ndarray:
-        """[T] end r of the history prefix the embedding was last adapted on (see module doc).
+    def count_before(self, cutoff_ms: np.ndarray) -> np.ndarray:
+        """[T] the number of the member's events with ts < cutoff, at most p (a cutoff past the
+        event's own time must not reach the events after it in the same millisecond)."""
+        member_of_slot = np.repeat(np.arange(self.histories.count.size), self.histories.count)
+        times, rank = np.unique(self.history_ts, return_inverse=True)
+        stride = times.size + 1
+        keys = member_of_slot * stride + rank.reshape(-1)  # ascending: by member, then time
+        query = self.member * stride + np.searchsorted(times, cutoff_ms, side="left")
+        count = np.searchsorted(keys, query, side="left") - self.histories.start[self.member]
+        return np.minimum(count, self.position)
 
-        `every` is the streaming interval N >= 1, or NEVER or FROZEN.
-        """
-        if every == NEVER:
+    def visible_count(self, latency_s: float) -> np.ndarray:
+        """[T] v: the member's events a refresh L seconds old can have seen (v = p for L = 0)."""
+        if latency_s == 0:
+            return self.position.copy()
+        return self.count_before(self.ts - round(latency_s * 1000) + 1)  # ts <= t - L
+
+    def refresh_point(self, policy: Refresh) -> np.ndarray:
+        """[T] end r of the history prefix the member's state was last built on."""
+        if policy.kind == "never":
             return np.zeros_like(self.position)
-        if every == FROZEN:
+        if policy.kind == "frozen":
             return self.split_count.copy()
-        if every < 1:
-            raise ValueError(f"refresh interval must be >= 1, NEVER or FROZEN, got {every}")
-        return self.split_count + (self.position - self.split_count) // every * every
+        if policy.kind == "daily":
+            return self.count_before(self.ts // DAY_MS * DAY_MS)
+        new = self.visible_count(policy.latency_s) - self.split_count
+        return self.split_count + np.maximum(new, 0) // policy.every * policy.every
 
 
 def split_by_time(log: InteractionLog, quantile: float) -> tuple[InteractionLog, TestEvents]:
@@ -103,8 +144,9 @@ def split_by_time(log: InteractionLog, quantile: float) -> tuple[InteractionLog,
         raise ValueError(f"{log.name}: the split at quantile {quantile} leaves no training or "
                          "no test events")
     member = log.member[index]
-    test = TestEvents(split_ts=split_ts, histories=histories, index=index, member=member,
-                      position=positions[index], split_count=split_count[member])
+    test = TestEvents(split_ts=split_ts, histories=histories, history_ts=log.ts[histories.order],
+                      index=index, member=member, ts=log.ts[index], position=positions[index],
+                      split_count=split_count[member])
     return log.subset(before), test
 
 
@@ -126,9 +168,9 @@ class Tasks:
         return window_indices(histories, member, np.zeros_like(end), end, size)
 
 
-def tasks_for(test: TestEvents, every: int) -> Tasks:
+def tasks_for(test: TestEvents, policy: Refresh) -> Tasks:
     """The tasks a refresh policy needs: one per distinct (member, refresh point)."""
-    end = test.refresh_point(every)
+    end = test.refresh_point(policy)
     stride = int(end.max()) + 1
     keys, of_event = np.unique(test.member * stride + end, return_inverse=True)
     return Tasks(member=keys // stride, end=keys % stride, of_event=of_event.reshape(-1))

@@ -1,9 +1,9 @@
-"""Score every test event with the state a system would have had when the event arrived.
+"""Score every test event with the state a meta-learned system would have had then.
 
-Adapted systems (LiMAML, MeLU) are evaluated task by task: a task is one (member, prefix)
-pair from `protocol.tasks_for`; all tasks are adapted in chunks by the batched inner loop,
-and each test event is scored with its own task's result. The global block, the item
-embeddings and the supervised baselines stay as they were at the split.
+Adapted systems (LiMAML, MeLU, maml_full_network) are evaluated task by task: a task is one
+(member, prefix) pair from `protocol.tasks_for`; all tasks are adapted in chunks by the
+batched inner loop, and each test event is scored with its own task's result. Everything
+shared by members stays as it was at the split.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from tqdm import tqdm
 from limaml.adaptation import AdaptationEngine
 from limaml.data import InteractionLog
 from limaml.episodes import gather_batch
-from limaml.evaluation.melu import MeLU, decision_logits
-from limaml.evaluation.protocol import Tasks, TestEvents, tasks_for
+from limaml.evaluation.maml_full_network import FullNetworkMAML
+from limaml.evaluation.melu import MeLU
+from limaml.evaluation.protocol import Refresh, Tasks, TestEvents, tasks_for
 from limaml.model import LiMAML
 
 TASK_CHUNK = 4096  # tasks gathered and adapted together (the engine sub-chunks further)
-EVENT_CHUNK = 2048  # events scored together with per-event copies of MeLU's weights
+FINE_TUNED_CHUNK = 1024  # tasks fine-tuned together, each with its own copy of the layers
+EVENT_CHUNK = 2048  # events scored together with per-event copies of fine-tuned weights
 
 
 def limaml_embeddings(engine: AdaptationEngine, log_data: InteractionLog, test: TestEvents,
@@ -36,11 +38,11 @@ def limaml_embeddings(engine: AdaptationEngine, log_data: InteractionLog, test: 
     return embeddings
 
 
-def score_limaml(model: LiMAML, log_data: InteractionLog, test: TestEvents, every: int,
+def score_limaml(model: LiMAML, log_data: InteractionLog, test: TestEvents, policy: Refresh,
                  support_size: int, device: torch.device, progress: bool = False) -> np.ndarray:
-    """[T] click probabilities under a refresh policy (`every`: N, NEVER or FROZEN)."""
+    """[T] click probabilities with the meta embedding refreshed by `policy`."""
     engine = AdaptationEngine(model, device)
-    tasks = tasks_for(test, every)
+    tasks = tasks_for(test, policy)
     embeddings = limaml_embeddings(engine, log_data, test, tasks, support_size, progress)
     scores = np.empty(len(test), dtype=np.float32)
     with torch.no_grad():
@@ -55,23 +57,23 @@ def score_limaml(model: LiMAML, log_data: InteractionLog, test: TestEvents, ever
     return scores
 
 
-def score_melu(model: MeLU, log_data: InteractionLog, test: TestEvents, every: int,
-               support_size: int, device: torch.device, progress: bool = False) -> np.ndarray:
-    """[T] click probabilities of MeLU fine-tuned on the same support sets as LiMAML."""
+def score_fine_tuned(model: MeLU | FullNetworkMAML, log_data: InteractionLog, test: TestEvents,
+                     policy: Refresh, support_size: int, device: torch.device,
+                     progress: bool = False) -> np.ndarray:
+    """[T] click probabilities of a network fine-tuned per task on the same support sets as LiMAML."""
     model = model.to(device).eval()
-    steps = model.net.config.inner_steps
-    tasks = tasks_for(test, every)
+    tasks = tasks_for(test, policy)
     by_task = np.argsort(tasks.of_event, kind="stable")  # test events grouped by task
     task_starts = np.searchsorted(tasks.of_event[by_task], np.arange(len(tasks) + 1))
     scores = np.empty(len(test), dtype=np.float32)
-    for start in tqdm(range(0, len(tasks), TASK_CHUNK), desc="adapting MeLU", unit="chunk",
-                      disable=not progress):
-        rows = slice(start, start + TASK_CHUNK)
-        events, mask = tasks.support_windows(test.histories, support_size, rows)
-        support = gather_batch(log_data, tasks.member[rows], events, mask, device)
+    for start in tqdm(range(0, len(tasks), FINE_TUNED_CHUNK), desc=f"fine-tuning {type(model).__name__}",
+                      unit="chunk", disable=not progress):
+        stop = min(start + FINE_TUNED_CHUNK, len(tasks))
+        events, mask = tasks.support_windows(test.histories, support_size, slice(start, stop))
+        support = gather_batch(log_data, tasks.member[start:stop], events, mask, device)
         with torch.no_grad():
-            params = model.adapt(support, steps, first_order=True)
-            chunk_events = by_task[task_starts[start]:task_starts[min(start + TASK_CHUNK, len(tasks))]]
+            params = model.fine_tune(support)
+            chunk_events = by_task[task_starts[start]:task_starts[stop]]
             for first in range(0, chunk_events.size, EVENT_CHUNK):
                 slots = chunk_events[first:first + EVENT_CHUNK]  # positions in the test events
                 local = torch.from_numpy(tasks.of_event[slots] - start).to(device)
@@ -79,6 +81,5 @@ def score_melu(model: MeLU, log_data: InteractionLog, test: TestEvents, every: i
                 items = torch.from_numpy(log_data.item[index][:, None]).to(device)  # [n, 1]
                 context = torch.from_numpy(log_data.context[index][:, None]).to(device)
                 per_event = {name: p[local] for name, p in params.items()}
-                logits = decision_logits(per_event, model, model.item_inputs(items, context))[:, 0]
-                scores[slots] = torch.sigmoid(logits).cpu().numpy()
+                scores[slots] = torch.sigmoid(model.logits(per_event, items, context)[:, 0]).cpu().numpy()
     return scores

@@ -24,14 +24,16 @@ from limaml.adapters.registry import load_dataset
 from limaml.data import InteractionLog
 from limaml.evaluation.baselines import GlobalModel, WideAndDeep, fit_supervised
 from limaml.evaluation.config import BaselineConfig
-from limaml.evaluation.melu import MeLU, build_melu, meta_train_melu
+from limaml.evaluation.maml_full_network import (FullNetworkMAML, build_full_network_maml,
+                                                 meta_train_full_network)
+from limaml.evaluation.melu import MeLU, MeLUTraining, build_melu, meta_train_melu
 from limaml.evaluation.protocol import TestEvents, split_by_time
 from limaml.model import LiMAML
 from limaml.train import TrainConfig, build_model, meta_train, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when a change to training makes cached models stale
+CACHE_FORMAT = 2  # bump when a change to training makes cached models stale
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
@@ -125,14 +127,25 @@ class Trainer:
             "id_embedding", seed, lambda: WideAndDeep(self._net(), known, self.baselines.id_dropout))
 
     def melu(self, seed: int) -> MeLU:
-        config = self.train_config(seed)
-        settings = {"seed": seed, "tunables": self.tunables, "train": asdict(config),
-                    "inner_lr": self.baselines.melu_inner_lr}
+        b = self.baselines
+        settings = MeLUTraining(local_lr=b.melu_local_lr, local_steps=b.melu_local_steps,
+                                outer_lr=b.melu_outer_lr, tasks_per_batch=b.melu_tasks_per_batch,
+                                epochs=b.melu_epochs, support_size=self.train["support_size"],
+                                query_size=self.train["query_size"], seed=seed, device=self.device)
         return self.cache.get(
-            "melu", settings,
-            lambda: build_melu(self.experiment.log, self.tunables, self.baselines.melu_inner_lr),
-            lambda: meta_train_melu(self.experiment.train_log, self.experiment.log, config,
-                                    self.tunables, self.baselines.melu_inner_lr, self.progress))
+            "melu", asdict(settings),
+            lambda: build_melu(self.experiment.log, b.melu_local_lr, b.melu_local_steps),
+            lambda: meta_train_melu(self.experiment.train_log, self.experiment.log, settings, self.progress))
+
+    def maml_full_network(self, seed: int) -> FullNetworkMAML:
+        config = self.train_config(seed)
+        inner_lr = self.baselines.maml_inner_lr
+        settings = {"seed": seed, "tunables": self.tunables, "train": asdict(config), "inner_lr": inner_lr}
+        return self.cache.get(
+            "maml_full_network", settings,
+            lambda: build_full_network_maml(self.experiment.log, self.tunables, inner_lr),
+            lambda: meta_train_full_network(self.experiment.train_log, self.experiment.log, config,
+                                            self.tunables, inner_lr, self.progress))
 
     def _net(self) -> LiMAML:
         return build_model(self.experiment.log, self.tunables)
@@ -144,5 +157,5 @@ class Trainer:
             return fit_supervised(model, self.experiment.train_log, self.baselines, seed,
                                   self.progress).cpu()
 
-        settings = {"seed": seed, "tunables": self.tunables, "baselines": asdict(self.baselines)}
+        settings = {"seed": seed, "tunables": self.tunables, "baselines": self.baselines.supervised()}
         return self.cache.get(name, settings, make, fit)
