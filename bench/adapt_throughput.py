@@ -60,16 +60,19 @@ def matmul_peak_gflops(device: torch.device, repeats: int) -> float:
 def engine_flops_per_member(config: ModelConfig, support: int, steps: int) -> float:
     """Multiply-add FLOPs the engine performs for one member (element-wise work excluded)."""
     meta = 2 * (config.meta_input_dim * config.meta_hidden + config.meta_hidden * config.meta_dim)
-    item_in = config.item_embedding_dim + config.item_feature_dim + config.context_dim
-    widths = (*config.global_hidden, 1)
-    head = sum(2 * a * b for a, b in zip(widths, widths[1:]))  # per example, one direction
-    first = config.global_hidden[0]
+    item = 2 * (config.taste_factors + config.item_feature_dim) * config.meta_dim  # item vector, once
     per_step = (
         meta + 2 * meta  # meta block forward, its input and weight gradients
-        + 2 * (2 * config.meta_dim * first)  # meta projection forward and backward
-        + support * 2 * head  # head forward and backward (input gradients only)
+        + 2 * (2 * config.meta_dim)  # member bias forward and backward
+        + support * 2 * (2 * config.meta_dim)  # dot products with the item vectors, both directions
     )
-    return support * 2 * item_in * first + steps * per_step + meta
+    if config.global_hidden:  # the optional MLP path
+        first = config.global_hidden[0]
+        widths = (*config.global_hidden, 1)
+        head = sum(2 * a * b for a, b in zip(widths, widths[1:]))  # per example, one direction
+        item += 2 * (config.item_embedding_dim + config.item_feature_dim + config.context_dim) * first
+        per_step += 2 * (2 * config.meta_dim * first) + support * 2 * head
+    return support * item + steps * per_step + meta
 
 
 def random_members(count: int, support: int, rng: np.random.Generator) -> list[MemberSupport]:
@@ -92,6 +95,8 @@ def main() -> None:
     parser.add_argument("--support", type=int, default=64, help="support examples per member")
     parser.add_argument("--steps", type=int, default=5, help="inner steps")
     parser.add_argument("--meta-dim", type=int, default=32, help="meta embedding size")
+    parser.add_argument("--global-hidden", type=int, nargs="*", default=[],
+                        help="widths of the global block's optional MLP path (none by default)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
@@ -108,7 +113,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     config = ModelConfig(n_items=N_ITEMS, item_feature_dim=ITEM_FEATURES, context_dim=CONTEXT,
                          member_field_cardinalities=FIELD_CARDINALITIES, meta_dim=args.meta_dim,
-                         inner_steps=args.steps)
+                         global_hidden=tuple(args.global_hidden), inner_steps=args.steps)
     members = random_members(args.members, args.support, rng)
     naive_subset = members[:args.naive_members]
 

@@ -15,7 +15,7 @@ from limaml.adapters.synthetic import SyntheticConfig, generate_synthetic
 from limaml.config import default_tunables
 from limaml.data import InteractionLog
 from limaml.evaluation.baselines import EventBatch, GlobalModel, WideAndDeep, predict
-from limaml.evaluation.maml_full_network import FullNetworkMAML, decision_logits
+from limaml.evaluation.maml_full_network import FullNetworkMAML
 from limaml.model import meta_forward
 from limaml.train import build_model
 
@@ -25,20 +25,24 @@ def synthetic_log() -> InteractionLog:
     return generate_synthetic(SyntheticConfig(n_members=100, n_items=40, seed=7)).log
 
 
-def test_full_network_maml_without_steps_is_the_two_block_network() -> None:
-    model = small_model()
+@pytest.mark.parametrize("hidden", [(), (16, 8)], ids=["no_mlp", "mlp"])
+@pytest.mark.parametrize("training_events", [False, True])
+def test_full_network_maml_without_steps_is_the_two_block_network(hidden: tuple[int, ...],
+                                                                  training_events: bool) -> None:
+    model = small_model(global_hidden=hidden)
     melu = FullNetworkMAML(model, inner_lr=0.1)
     support = SupportBatch.from_members(random_members(model, [5, 9, 2]), model.config.context_dim)
+    own_labels = support.labels if training_events else None
     with torch.no_grad():
         params = melu.adapt(support, steps=0, first_order=True)
-        ours = decision_logits(params, melu, melu.item_inputs(support.items, support.context))
+        ours = melu.logits(params, support.items, support.context, own_labels)
         expected = model.global_block(model.meta_block(support.member_features), support.items,
-                                      support.context)
+                                      support.context, own_labels)
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_full_network_maml_adapts_each_member_as_it_would_alone_and_lowers_its_support_loss() -> None:
-    model = small_model()
+    model = small_model(global_hidden=(16, 8))
     melu = FullNetworkMAML(model, inner_lr=0.1)
     members = random_members(model, [0, 6, 20, 11], seed=2)
     together = SupportBatch.from_members(members, model.config.context_dim)
@@ -48,9 +52,8 @@ def test_full_network_maml_adapts_each_member_as_it_would_alone_and_lowers_its_s
             alone = melu.adapt(SupportBatch.from_members([member], model.config.context_dim), 3, True)
             for name, tensor in alone.items():
                 torch.testing.assert_close(params[name][row], tensor[0], rtol=1e-5, atol=1e-6)
-        inputs = melu.item_inputs(together.items, together.context)
-        before = decision_logits(melu.initial_params(together.member_features), melu, inputs)
-        after = decision_logits(params, melu, inputs)
+        before = melu.logits(melu.initial_params(together.member_features), together.items, together.context)
+        after = melu.logits(params, together.items, together.context)
     loss = torch.nn.functional.binary_cross_entropy_with_logits
     for row in range(1, len(members)):
         mask = together.mask[row]

@@ -7,8 +7,10 @@
   feature). Members without training events read the OOV row, which learns because a
   fraction of training events are shown with the OOV ID (ID dropout).
 
-Both are trained once, on the events before the split; `limaml.evaluation.online` keeps
-training the member-ID model's member rows during the test period.
+Both are trained once, on the events before the split, with the network's item prior and
+taste factors computed from those events (each training event's own label left out of its
+item prior, as for LiMAML); `limaml.evaluation.online` keeps training the member-ID model's
+member rows during the test period.
 """
 
 from __future__ import annotations
@@ -26,10 +28,9 @@ from tqdm import tqdm
 from limaml.data import OOV_INDEX, InteractionLog
 from limaml.evaluation.config import BaselineConfig
 from limaml.model import LiMAML
+from limaml.train import fit_item_statistics
 
 log = logging.getLogger(__name__)
-
-ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,11 @@ class GlobalModel(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, batch: EventBatch) -> Tensor:
-        """-> [B] logits."""
+    def forward(self, batch: EventBatch, training_events: bool = False) -> Tensor:
+        """-> [B] logits; `training_events`: leave each event's label out of its item prior."""
         embedding = self.net.meta_block(batch.member_features)  # [B, E]
-        return self.net.global_block(embedding, batch.items[:, None], batch.context[:, None])[:, 0]
+        return self.net.global_block(embedding, batch.items[:, None], batch.context[:, None],
+                                     own_labels(batch, training_events))[:, 0]
 
 
 @dataclass(frozen=True)
@@ -104,24 +106,35 @@ class WideAndDeep(nn.Module):
         ids = self.ids(member)
         return MemberRows(self.member_id(ids), self.member_bias(ids)[:, 0], self.member_cross(ids))
 
-    def forward(self, batch: EventBatch) -> Tensor:
-        """-> [B] logits."""
-        return self.logits(batch, self.member_rows(batch.member))
+    def forward(self, batch: EventBatch, training_events: bool = False) -> Tensor:
+        """-> [B] logits; `training_events`: leave each event's label out of its item prior."""
+        return self.logits(batch, self.member_rows(batch.member), training_events)
 
-    def logits(self, batch: EventBatch, rows: MemberRows) -> Tensor:
+    def logits(self, batch: EventBatch, rows: MemberRows, training_events: bool = False) -> Tensor:
         """[B] logits with the given member rows in place of the tables'."""
         embedding = self.net.meta_block(batch.member_features) + rows.embedding  # [B, E]
-        deep = self.net.global_block(embedding, batch.items[:, None], batch.context[:, None])[:, 0]
+        deep = self.net.global_block(embedding, batch.items[:, None], batch.context[:, None],
+                                     own_labels(batch, training_events))[:, 0]
         item_features = self.net.global_block.item_features[batch.items]  # [B, F]
         wide = rows.bias + (rows.cross * item_features).sum(-1)
         return deep + wide
 
 
-def fit_supervised(model: ModuleT, train_log: InteractionLog, config: BaselineConfig,
-                   seed: int, progress: bool = False) -> ModuleT:
-    """Minimise the log-loss over the training events with Adam; return the model in eval mode."""
+def own_labels(batch: EventBatch, training_events: bool) -> Tensor | None:
+    """[B, 1] the events' labels when they are training events (see GlobalBlock.item_prior)."""
+    return batch.labels[:, None] if training_events else None
+
+
+SupervisedT = TypeVar("SupervisedT", GlobalModel, WideAndDeep)
+
+
+def fit_supervised(model: SupervisedT, train_log: InteractionLog, config: BaselineConfig,
+                   seed: int, progress: bool = False) -> SupervisedT:
+    """Fill the network's item statistics from the training events, then minimise the log-loss
+    over them with Adam; return the model in eval mode."""
     generator = np.random.default_rng(seed)
     device = next(model.parameters()).device
+    fit_item_statistics(model.net, train_log, seed)
     trainable = [p for name, p in model.named_parameters() if not name.startswith("net.inner_lr")]
     optimizer = torch.optim.Adam(trainable, lr=config.baseline_lr)
     steps_per_epoch = -(-train_log.n_events // config.baseline_batch_size)
@@ -134,7 +147,7 @@ def fit_supervised(model: ModuleT, train_log: InteractionLog, config: BaselineCo
         for start in range(0, order.size, config.baseline_batch_size):
             batch = EventBatch.of(train_log, order[start:start + config.baseline_batch_size], device)
             optimizer.zero_grad(set_to_none=True)
-            loss = F.binary_cross_entropy_with_logits(model(batch), batch.labels)
+            loss = F.binary_cross_entropy_with_logits(model(batch, training_events=True), batch.labels)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(batch.labels)

@@ -22,7 +22,7 @@ from torch import nn
 
 from limaml.adapters.registry import load_dataset
 from limaml.data import InteractionLog
-from limaml.evaluation.baselines import GlobalModel, WideAndDeep, fit_supervised
+from limaml.evaluation.baselines import SupervisedT, GlobalModel, WideAndDeep, fit_supervised
 from limaml.evaluation.config import BaselineConfig
 from limaml.evaluation.maml_full_network import (FullNetworkMAML, build_full_network_maml,
                                                  meta_train_full_network)
@@ -33,7 +33,7 @@ from limaml.train import TrainConfig, build_model, meta_train, resolve_device, s
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # bump when a change to training makes cached models stale
+CACHE_FORMAT = 3  # bump when a change to training makes cached models stale
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
@@ -150,8 +150,8 @@ class Trainer:
     def _net(self) -> LiMAML:
         return build_model(self.experiment.log, self.tunables)
 
-    def _supervised(self, name: str, seed: int, make: Callable[[], ModuleT]) -> ModuleT:
-        def fit() -> ModuleT:
+    def _supervised(self, name: str, seed: int, make: Callable[[], SupervisedT]) -> SupervisedT:
+        def fit() -> SupervisedT:
             seed_everything(seed)
             model = make().to(resolve_device(self.device))
             return fit_supervised(model, self.experiment.train_log, self.baselines, seed,
