@@ -17,18 +17,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
-from tqdm import tqdm
 
 from limaml.adaptation import SupportBatch, example_weights
 from limaml.data import InteractionLog
-from limaml.episodes import MemberHistories, sample_episodes
+from limaml.episodes import Episodes
+from limaml.evaluation.episodic import fit_on_episodes
 from limaml.model import AdaptedParams, LiMAML, meta_forward
-from limaml.train import TrainConfig, build_model, fit_item_statistics, resolve_device, seed_everything
+from limaml.train import (TrainConfig, build_model, fit_item_statistics, query_loss, resolve_device,
+                          seed_everything)
 
 META_PARAMS = ("input", "w1", "b1", "w2", "b2")
 SHARED_TABLES = ("item_bias.", "mlp.item_embedding.")
@@ -119,29 +119,14 @@ def meta_train_full_network(train_log: InteractionLog, full_log: InteractionLog,
     fit_item_statistics(model.net, train_log, config.seed)
     model = model.to(device)
     steps, first_order = model.net.config.inner_steps, model.net.config.first_order
-    histories = MemberHistories.from_log(train_log)
-    members = histories.active_members()
     trainable = [p for name, p in model.named_parameters() if not name.startswith("net.inner_lr")]
-    optimizer = torch.optim.Adam(trainable, lr=config.outer_lr)
-    rng = np.random.default_rng(config.seed)
-    batches = -(-members.size // config.members_per_batch)
-    bar = tqdm(total=config.epochs * batches, desc="meta-training maml_full_network", unit="batch",
-               disable=not progress)
-    model.train()
-    for _ in range(config.epochs):
-        order = rng.permutation(members)
-        for start in range(0, order.size, config.members_per_batch):
-            episodes = sample_episodes(train_log, histories, order[start:start + config.members_per_batch],
-                                       config.support_size, config.query_size, rng, device)
-            params = model.adapt(episodes.support, steps, first_order, training_events=True)
-            logits = model.logits(params, episodes.query.items, episodes.query.context,
-                                  own_labels=episodes.query.labels)
-            losses = F.binary_cross_entropy_with_logits(logits, episodes.query.labels, reduction="none")
-            loss = (losses * example_weights(episodes.query.mask)).sum() / len(episodes.query)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            bar.update()
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-    bar.close()
+
+    def episode_loss(episodes: Episodes) -> Tensor:
+        params = model.adapt(episodes.support, steps, first_order, training_events=True)
+        return query_loss(model.logits(params, episodes.query.items, episodes.query.context,
+                                       own_labels=episodes.query.labels), episodes.query)
+
+    fit_on_episodes(model, train_log, episode_loss, torch.optim.Adam(trainable, lr=config.outer_lr),
+                    config.epochs, config.members_per_batch, config.support_size, config.query_size,
+                    config.seed, device, "meta-training maml_full_network", progress)
     return model.cpu().eval()

@@ -37,13 +37,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import grad
-from tqdm import tqdm
 
 from limaml.adaptation import SupportBatch, example_weights
 from limaml.data import InteractionLog
-from limaml.episodes import MemberHistories, sample_episodes
+from limaml.episodes import Episodes
+from limaml.evaluation.episodic import fit_on_episodes
 from limaml.model import AdaptedParams
-from limaml.train import resolve_device, seed_everything
+from limaml.train import query_loss, resolve_device, seed_everything
 
 EMBEDDING_DIM = 32  # the published embedding_dim
 HIDDEN = (64, 64)  # the published first_fc_hidden_dim and second_fc_hidden_dim
@@ -176,27 +176,12 @@ def meta_train_melu(train_log: InteractionLog, full_log: InteractionLog, setting
     seed_everything(settings.seed)
     device = resolve_device(settings.device)
     model = build_melu(full_log, settings.local_lr, settings.local_steps).to(device)
-    histories = MemberHistories.from_log(train_log)
-    members = histories.active_members()
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.outer_lr)
-    rng = np.random.default_rng(settings.seed)
-    batches = -(-members.size // settings.tasks_per_batch)
-    bar = tqdm(total=settings.epochs * batches, desc="meta-training MeLU", unit="batch",
-               disable=not progress)
-    model.train()
-    for _ in range(settings.epochs):
-        order = rng.permutation(members)
-        for start in range(0, order.size, settings.tasks_per_batch):
-            episodes = sample_episodes(train_log, histories, order[start:start + settings.tasks_per_batch],
-                                       settings.support_size, settings.query_size, rng, device)
-            params = model.fine_tune(episodes.support)
-            logits = model.logits(params, episodes.query.items, episodes.query.context)
-            losses = F.binary_cross_entropy_with_logits(logits, episodes.query.labels, reduction="none")
-            loss = (losses * example_weights(episodes.query.mask)).sum() / len(episodes.query)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            bar.update()
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-    bar.close()
+
+    def episode_loss(episodes: Episodes) -> Tensor:
+        params = model.fine_tune(episodes.support)
+        return query_loss(model.logits(params, episodes.query.items, episodes.query.context), episodes.query)
+
+    fit_on_episodes(model, train_log, episode_loss, torch.optim.Adam(model.parameters(), lr=settings.outer_lr),
+                    settings.epochs, settings.tasks_per_batch, settings.support_size, settings.query_size,
+                    settings.seed, device, "meta-training MeLU", progress)
     return model.cpu().eval()
