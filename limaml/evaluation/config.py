@@ -64,7 +64,7 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class BaselineConfig:
-    baseline_epochs: int = 10  # passes over the training events of the supervised baselines
+    baseline_epochs: int = 2  # passes over the training events of the supervised baselines
     baseline_batch_size: int = 256  # events per step of the supervised baselines
     baseline_lr: float = 1e-3  # Adam learning rate of the supervised baselines
     id_dropout: float = 0.1  # fraction of training events shown with the OOV member ID
@@ -106,7 +106,7 @@ see docs/evaluation.md, which also says how the baselines' defaults above were c
 QUICK: dict[str, dict[str, Any]] = {
     "eval": {"seeds": 2},
     "train": {"epochs": 20},  # the headline's models: seeds 0 and 1 are shared through the cache
-    "baselines": {"baseline_epochs": 2, "melu_epochs": 25},
+    "baselines": {"melu_epochs": 25},
     "ablation": {"sweep_inner_steps": (0, 3), "sweep_meta_dim": (8, 32), "sweep_support_size": (16, 64),
                  "sweep_order": False},
 }
