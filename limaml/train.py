@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,19 @@ def pairwise_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
     return mean[ranked].mean() if ranked.any() else logits.sum() * 0.0
 
 
+def meta_loss(logits: Sequence[torch.Tensor], episodes: Sequence[Episodes],
+              pairwise_weight: float) -> torch.Tensor:
+    """The outer loss of several tasks per member (rows aligned across `episodes`, logits
+    [B, Q] of each task's query set): the mean query log-loss plus `pairwise_weight` times
+    the pairwise loss over the events of all the member's query sets."""
+    loss = sum(query_loss(scores, task.query) for scores, task in zip(logits, episodes)) / len(episodes)
+    if pairwise_weight > 0:
+        loss = loss + pairwise_weight * pairwise_loss(
+            torch.cat(list(logits), dim=-1), torch.cat([task.query.labels for task in episodes], dim=-1),
+            torch.cat([task.query.mask for task in episodes], dim=-1))
+    return loss
+
+
 def outer_step(model: LiMAML, optimizer: torch.optim.Optimizer, episodes: tuple[Episodes, ...],
                pairwise_weight: float) -> float:
     """One update on several tasks per member (their rows aligned across `episodes`)."""
@@ -120,11 +134,7 @@ def outer_step(model: LiMAML, optimizer: torch.optim.Optimizer, episodes: tuple[
         embeddings = meta_forward(adapt(model, task.support, training_events=True))  # [B, E]
         logits.append(model.global_block(embeddings, task.query.items, task.query.context,
                                          own_labels=task.query.labels))  # [B, Q]
-    loss = sum(query_loss(scores, task.query) for scores, task in zip(logits, episodes)) / len(episodes)
-    if pairwise_weight > 0:
-        loss = loss + pairwise_weight * pairwise_loss(
-            torch.cat(logits, dim=-1), torch.cat([task.query.labels for task in episodes], dim=-1),
-            torch.cat([task.query.mask for task in episodes], dim=-1))
+    loss = meta_loss(logits, episodes, pairwise_weight)
     loss.backward()
     optimizer.step()
     return float(loss.detach())

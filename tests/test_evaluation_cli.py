@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from limaml.cli import main
-from limaml.evaluation.config import DEFAULT_SYSTEMS
+from limaml.evaluation.config import SYSTEMS
 from limaml.evaluation.protocol import BUCKET_NAMES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -27,10 +27,10 @@ def test_eval_quick_on_a_movielens_slice_writes_table_plots_and_results(
                  "--max-events", "6000", "--melu-epochs", "2", "--bootstrap-resamples", "200",
                  "--out-dir", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert set(printed["auc"]) == set(printed["gauc"]) == set(DEFAULT_SYSTEMS)
+    assert set(printed["auc"]) == set(printed["gauc"]) == set(SYSTEMS)
 
     results = json.loads((out / "results.json").read_text())
-    assert tuple(results) == DEFAULT_SYSTEMS
+    assert tuple(results) == SYSTEMS
     for system, buckets in results.items():
         assert tuple(buckets) == BUCKET_NAMES, system
         for cell in buckets.values():
@@ -44,23 +44,23 @@ def test_eval_quick_on_a_movielens_slice_writes_table_plots_and_results(
     assert results["limaml_never"]["0"]["auc"] == results["limaml_streaming"]["0"]["auc"]
     claims = json.loads((out / "claims.json").read_text())
     assert {(c["other"], c["bucket"], c["metric"]) for c in claims} == {
-        (other, bucket, metric) for other in DEFAULT_SYSTEMS[:-1] for bucket in ("all", "1-4", "5-19")
+        (other, bucket, metric) for other in SYSTEMS[:-1] for bucket in ("all", "1-4", "5-19")
         for metric in ("auc", "gauc")}
     for claim in claims:
         assert claim["held"] == (claim["ci_low"] is not None and claim["ci_low"] > 0)
     with np.load(out / "scores.npz") as scores:
-        assert {f"{system}_seed{seed}" for system in DEFAULT_SYSTEMS for seed in (0, 1)} <= set(scores.files)
+        assert {f"{system}_seed{seed}" for system in SYSTEMS for seed in (0, 1)} <= set(scores.files)
     latency = json.loads((out / "latency.json").read_text())
     assert list(latency["limaml_streaming"]) == ["0 s", "1 s", "10 s", "1 min", "1 h", "1 day", "never"]
     assert latency["limaml_streaming"]["never"]["all"]["auc"] == results["limaml_frozen"]["all"]["auc"]
 
     report = (out / "report.md").read_text()
     assert "| system | all | 0 | 1-4 | 5-19 | 20-49 | 50+ |" in report
-    assert all(f"| {system} |" in report for system in DEFAULT_SYSTEMS)
+    assert all(f"| {system} |" in report for system in SYSTEMS)
     assert "GAUC" in report and "Log-loss" in report and "Claims" in report and "refresh latency" in report
     assert_png(out / "auc_by_bucket.png")
     assert_png(out / "auc_vs_latency.png")
-    kinds = ("limaml", "global", "id_embedding", "melu")
+    kinds = ("limaml", "global", "id_embedding", "melu", "maml_full_network")
     assert len(list((out / "models").glob("*.safetensors"))) == len(kinds) * 2  # 2 seeds
     assert main(["eval", "--quick", "--quiet", "--dataset", f"movielens:{ml100k_dir}", "--max-events", "6000",
                  "--systems", "maml_full_network,limaml_streaming", "--seeds", "1", "--epochs", "1",

@@ -17,12 +17,9 @@ EVAL_TRAIN_FIELDS = ("epochs", "members_per_batch", "support_size", "query_size"
 """The TrainConfig fields meta-training reads under evaluation; the rest are set by it."""
 
 
-DEFAULT_SYSTEMS = ("global", "popularity", "counting", "id_embedding", "id_embedding_online", "melu",
-                   "batch_daily", "limaml_never", "limaml_frozen", "limaml_streaming")
-"""The systems `limaml eval` runs unless `systems` names others (see docs/evaluation.md)."""
-OPT_IN_SYSTEMS = ("maml_full_network",)
-"""Systems run only when named: maml_full_network's meta-training costs more than the headline
-run's time budget allows."""
+SYSTEMS = ("global", "popularity", "counting", "id_embedding", "id_embedding_online", "melu",
+           "maml_full_network", "batch_daily", "limaml_never", "limaml_frozen", "limaml_streaming")
+"""The systems `limaml eval` runs unless `systems` names some of them (see docs/evaluation.md)."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +28,7 @@ class EvalConfig:
     out_dir: Path = Path("eval-report")  # report, plots, results.json and cached models go here
     seeds: int = 5  # every model is trained with seeds 0..seeds-1
     split_quantile: float = 0.8  # fraction of the events, in time order, before the split
-    systems: str = ""  # comma-separated systems to run (empty: the default ten); maml_full_network is opt-in
+    systems: str = ""  # comma-separated systems to run (empty: all of them)
     refresh_every: int = 1  # N: moving member states are rebuilt after every N new events
     refresh_latency_s: float = 2.0  # L: a rebuild is usable L seconds after the event that triggered it
     latency_sweep: tuple[int, ...] = (0, 1, 10, 60, 3600, 86400)  # the L (seconds) of the AUC-against-L table
@@ -50,16 +47,15 @@ class EvalConfig:
             raise ValueError(f"bootstrap_resamples must be >= 1, got {self.bootstrap_resamples}")
         if not 0.0 < self.split_quantile < 1.0:
             raise ValueError(f"split_quantile must be in (0, 1), got {self.split_quantile}")
-        unknown = set(self.system_names) - set(DEFAULT_SYSTEMS + OPT_IN_SYSTEMS)
+        unknown = set(self.system_names) - set(SYSTEMS)
         if unknown:
-            raise ValueError(f"unknown systems {sorted(unknown)}; known: "
-                             f"{', '.join(DEFAULT_SYSTEMS + OPT_IN_SYSTEMS)}")
+            raise ValueError(f"unknown systems {sorted(unknown)}; known: {', '.join(SYSTEMS)}")
 
     @property
     def system_names(self) -> tuple[str, ...]:
         """The systems to run, in the report's order."""
         named = [name.strip() for name in self.systems.split(",") if name.strip()]
-        return tuple(named) if named else DEFAULT_SYSTEMS
+        return tuple(named) if named else SYSTEMS
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,13 @@ from limaml.data import InteractionLog
 from limaml.episodes import Episodes, MemberHistories, sample_episodes
 
 
-def fit_on_episodes(model: nn.Module, train_log: InteractionLog, episode_loss: Callable[[Episodes], Tensor],
-                    optimizer: torch.optim.Optimizer, epochs: int, tasks_per_batch: int, support_size: int,
-                    query_size: int, seed: int, device: torch.device, desc: str,
-                    progress: bool = False) -> None:
-    """`epochs` passes over the members with training events, one task per member per pass
-    (LiMAML's episodes: K events before a random cut, Q after it), one step per batch."""
+def fit_on_episodes(model: nn.Module, train_log: InteractionLog,
+                    episode_loss: Callable[[tuple[Episodes, ...]], Tensor], optimizer: torch.optim.Optimizer,
+                    epochs: int, tasks_per_batch: int, support_size: int, query_size: int, seed: int,
+                    device: torch.device, desc: str, tasks_per_member: int = 1, progress: bool = False) -> None:
+    """`epochs` passes over the members with training events, `tasks_per_member` tasks per
+    member per pass (LiMAML's episodes: K events before a random cut, Q after it), one step
+    per batch of members."""
     histories = MemberHistories.from_log(train_log)
     members = histories.active_members()
     rng = np.random.default_rng(seed)
@@ -28,9 +29,9 @@ def fit_on_episodes(model: nn.Module, train_log: InteractionLog, episode_loss: C
     for _ in range(epochs):
         order = rng.permutation(members)
         for start in range(0, order.size, tasks_per_batch):
-            episodes = sample_episodes(train_log, histories, order[start:start + tasks_per_batch],
-                                       support_size, query_size, rng, device)
-            loss = episode_loss(episodes)
+            batch = order[start:start + tasks_per_batch]
+            loss = episode_loss(tuple(sample_episodes(train_log, histories, batch, support_size, query_size,
+                                                      rng, device) for _ in range(tasks_per_member)))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -27,8 +27,8 @@ from limaml.data import InteractionLog
 from limaml.episodes import Episodes
 from limaml.evaluation.episodic import fit_on_episodes
 from limaml.model import AdaptedParams, LiMAML, meta_forward
-from limaml.train import (TrainConfig, build_model, fit_item_statistics, query_loss, resolve_device,
-                          seed_everything)
+from limaml.train import (TASKS_PER_MEMBER, TrainConfig, build_model, fit_item_statistics, meta_loss,
+                          resolve_device, seed_everything)
 
 META_PARAMS = ("input", "w1", "b1", "w2", "b2")
 SHARED_TABLES = ("item_bias.", "mlp.item_embedding.")
@@ -112,7 +112,7 @@ def build_full_network_maml(log_data: InteractionLog, tunables: dict[str, Any],
 def meta_train_full_network(train_log: InteractionLog, full_log: InteractionLog, config: TrainConfig,
                             tunables: dict[str, Any], inner_lr: float,
                             progress: bool = False) -> FullNetworkMAML:
-    """MAML over the whole decision network, with the same episodes and budget as LiMAML."""
+    """MAML over the whole decision network, with LiMAML's episodes, outer loss and budget."""
     seed_everything(config.seed)
     device = resolve_device(config.device)
     model = build_full_network_maml(full_log, tunables, inner_lr)
@@ -121,12 +121,13 @@ def meta_train_full_network(train_log: InteractionLog, full_log: InteractionLog,
     steps, first_order = model.net.config.inner_steps, model.net.config.first_order
     trainable = [p for name, p in model.named_parameters() if not name.startswith("net.inner_lr")]
 
-    def episode_loss(episodes: Episodes) -> Tensor:
-        params = model.adapt(episodes.support, steps, first_order, training_events=True)
-        return query_loss(model.logits(params, episodes.query.items, episodes.query.context,
-                                       own_labels=episodes.query.labels), episodes.query)
+    def episode_loss(episodes: tuple[Episodes, ...]) -> Tensor:
+        logits = [model.logits(model.adapt(task.support, steps, first_order, training_events=True),
+                               task.query.items, task.query.context, own_labels=task.query.labels)
+                  for task in episodes]
+        return meta_loss(logits, episodes, config.pairwise_weight)
 
     fit_on_episodes(model, train_log, episode_loss, torch.optim.Adam(trainable, lr=config.outer_lr),
                     config.epochs, config.members_per_batch, config.support_size, config.query_size,
-                    config.seed, device, "meta-training maml_full_network", progress)
+                    config.seed, device, "meta-training maml_full_network", TASKS_PER_MEMBER, progress)
     return model.cpu().eval()

@@ -177,11 +177,12 @@ def meta_train_melu(train_log: InteractionLog, full_log: InteractionLog, setting
     device = resolve_device(settings.device)
     model = build_melu(full_log, settings.local_lr, settings.local_steps).to(device)
 
-    def episode_loss(episodes: Episodes) -> Tensor:
-        params = model.fine_tune(episodes.support)
-        return query_loss(model.logits(params, episodes.query.items, episodes.query.context), episodes.query)
+    def episode_loss(episodes: tuple[Episodes, ...]) -> Tensor:
+        (task,) = episodes
+        params = model.fine_tune(task.support)
+        return query_loss(model.logits(params, task.query.items, task.query.context), task.query)
 
     fit_on_episodes(model, train_log, episode_loss, torch.optim.Adam(model.parameters(), lr=settings.outer_lr),
                     settings.epochs, settings.tasks_per_batch, settings.support_size, settings.query_size,
-                    settings.seed, device, "meta-training MeLU", progress)
+                    settings.seed, device, "meta-training MeLU", progress=progress)
     return model.cpu().eval()

@@ -6,7 +6,7 @@ Systems (all on the same split and the same test events; see docs/evaluation.md)
 - popularity / counting: the item's training positive rate; plus the member's recent one.
 - id_embedding / id_embedding_online: wide-and-deep with member-ID rows, static or trained
   on each test event after it is scored.
-- melu: MeLU as published; maml_full_network (opt-in): MAML over LiMAML's whole network.
+- melu: MeLU as published; maml_full_network: MAML over LiMAML's whole network.
 - batch_daily / limaml_never / limaml_frozen / limaml_streaming: the meta-trained LiMAML
   model with its meta embedding rebuilt every night, never, once at the split, or after
   every N events with latency L.
