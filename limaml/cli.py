@@ -15,7 +15,7 @@ from limaml.adapters import replay
 from limaml.artifacts import ArtifactError, active_version, load_artifact, save_artifact, set_active
 from limaml.config import MODEL_TUNABLES, ModelConfig
 from limaml.deploy.stack import DEMO_DEFAULTS, StackConfig
-from limaml.evaluation.config import (EVAL_DEFAULTS, EVAL_TRAIN_FIELDS, QUICK, AblationConfig,
+from limaml.evaluation.config import (EVAL_TRAIN_FIELDS, QUICK, AblationConfig,
                                       BaselineConfig, EvalConfig, with_defaults)
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.serving.config import ServeConfig
@@ -33,9 +33,8 @@ PROFILE_SECTIONS = (FEAST_SECTION,)
 WORKER_SECTIONS = {"stream": (Section.of("kafka", KafkaConfig), Section.of("stream", StreamConfig)),
                    "adapt": (Section.of("kafka", KafkaConfig), Section.of("adapt", AdaptConfig), FEAST_SECTION)}
 SERVE_SECTIONS = (Section.of("kafka", KafkaConfig), Section.of("serve", ServeConfig), FEAST_SECTION)
-EVAL_SECTIONS = with_defaults(
-    (Section.of("eval", EvalConfig), Section.of("train", TrainConfig, EVAL_TRAIN_FIELDS),
-     Section.of("model", ModelConfig, MODEL_TUNABLES), Section.of("baselines", BaselineConfig)), EVAL_DEFAULTS)
+EVAL_SECTIONS = (Section.of("eval", EvalConfig), Section.of("train", TrainConfig, EVAL_TRAIN_FIELDS),
+                 Section.of("model", ModelConfig, MODEL_TUNABLES), Section.of("baselines", BaselineConfig))
 ABLATE_SECTIONS = (*EVAL_SECTIONS[:3], Section.of("ablation", AblationConfig))
 UP_SECTIONS = (Section.of("up", StackConfig),)
 DEMO_SECTIONS = with_defaults(UP_SECTIONS, DEMO_DEFAULTS)

@@ -46,11 +46,11 @@ TASKS_PER_MEMBER = 2  # cuts of each member's history per outer step: the pairwi
 class TrainConfig:
     dataset: str = "synthetic"  # see `limaml.adapters.registry.load_dataset`
     artifacts_dir: Path = Path("artifacts")  # versions and the ACTIVE pointer live here
-    epochs: int = 8  # passes over the members, one task per member per pass
+    epochs: int = 20  # passes over the members, TASKS_PER_MEMBER tasks per member per pass
     members_per_batch: int = 64  # tasks per outer step
     support_size: int = 64  # K: most recent events a member is adapted on
     query_size: int = 32  # Q: events after the cut the adapted embedding is scored on
-    outer_lr: float = 3e-3  # Adam learning rate of the outer loop
+    outer_lr: float = 1e-3  # Adam learning rate of the outer loop (with epochs: chosen on ML-100K)
     pairwise_weight: float = 0.5  # weight of the within-member ranking loss (0: log-loss only)
     valid_fraction: float = 0.1  # newest fraction of events held out for metrics (0: none)
     max_events: int = 0  # use only the first N events of the log (0: all), for quick runs

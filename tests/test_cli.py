@@ -68,7 +68,7 @@ def test_precedence_is_defaults_then_file_then_environment_then_command_line(tmp
     settings = resolve(TRAIN_SECTIONS, config_file, parse("--seed", "7"), environ)
     assert settings["train"]["epochs"] == 3  # file
     assert settings["train"]["seed"] == 7  # command line beats environment beats file
-    assert settings["train"]["outer_lr"] == 3e-3  # default
+    assert settings["train"]["outer_lr"] == 1e-3  # default
     assert settings["model"]["meta_dim"] == 12 and settings["model"]["global_hidden"] == (64, 32)
     assert settings["model"]["first_order"] is True  # environment
     assert settings["train"]["artifacts_dir"] == Path("artifacts")

@@ -24,7 +24,7 @@ def test_eval_quick_on_a_movielens_slice_writes_table_plots_and_results(
         ml100k_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "report"
     assert main(["eval", "--quick", "--quiet", "--dataset", f"movielens:{ml100k_dir}",
-                 "--max-events", "6000", "--melu-epochs", "2", "--bootstrap-resamples", "200",
+                 "--max-events", "6000", "--seeds", "2", "--melu-epochs", "2", "--bootstrap-resamples", "200",
                  "--out-dir", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert set(printed["auc"]) == set(printed["gauc"]) == set(SYSTEMS)
