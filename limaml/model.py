@@ -27,6 +27,8 @@ from torch import Tensor, nn
 from limaml.config import ModelConfig
 from limaml.item_statistics import ItemStatistics
 
+RATE_EPS = 1e-4  # item rates are clamped to [eps, 1 - eps] before their logit
+
 AdaptedParams = dict[str, Tensor]
 """The per-member copy of the meta block, each tensor with a leading member dimension B:
 input [B, D_in] (the member's gathered feature embeddings), w1 [B, H, D_in], b1 [B, H],
@@ -156,7 +158,7 @@ class GlobalBlock(nn.Module):
             positives, counts = positives - own_labels * counted, counts - counted
         pseudo = self.config.item_prior_count
         rate = (positives + pseudo * self.global_rate) / (counts + pseudo)
-        return torch.logit(rate)
+        return torch.logit(rate, eps=RATE_EPS)  # a log of positives only has rates of exactly 1
 
     def item_part(self, items: Tensor, context: Tensor, own_labels: Tensor | None = None) -> Tensor:
         """items [..., K] int64, context [..., K, C] -> [..., K, 1 + E (+ H1)]: the member-free

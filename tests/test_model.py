@@ -61,6 +61,15 @@ def test_a_training_event_sees_its_item_prior_without_its_own_label() -> None:
                                torch.tensor(expected), rtol=1e-5, atol=1e-6)
 
 
+def test_a_log_of_positives_only_gives_finite_item_priors() -> None:
+    gb = small_model().global_block
+    gb.item_positives.copy_(gb.item_counts)
+    gb.global_rate.fill_(1.0)
+    items = torch.arange(50)[None]
+    assert torch.isfinite(gb.item_prior(items)).all()
+    assert torch.isfinite(gb.item_prior(items, own_labels=torch.ones(1, 50))).all()
+
+
 def test_item_statistics_count_the_training_events_and_factor_their_centred_labels() -> None:
     log = generate_synthetic(SyntheticConfig(n_members=80, n_items=30, seed=3)).log
     statistics = ItemStatistics.of(log, n_factors=4)
