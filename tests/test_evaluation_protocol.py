@@ -182,4 +182,3 @@ def test_interval_across_seeds_is_the_student_t_interval() -> None:
     assert (estimate.ci_low, estimate.ci_high) == pytest.approx((0.55 - half, 0.55 + half))
     single = Estimate.of([0.7])
     assert single.mean == 0.7 and single.ci_low is None and single.ci_high is None
-    assert Estimate.of([0.9, 0.91, 0.92]).above(Estimate.of([0.5, 0.52, 0.51]))

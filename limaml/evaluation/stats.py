@@ -1,4 +1,4 @@
-"""Per-bucket metrics and their confidence intervals across seeds.
+"""The spread of a metric over seeds, shown beside the member-bootstrap interval.
 
 The interval is the Student-t 95% interval of the mean of the per-seed values. Every seed
 retrains every model on the same training events and scores the same test events, so the
@@ -12,8 +12,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
-from limaml.metrics import log_loss, roc_auc
 
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
          2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
@@ -43,16 +41,3 @@ class Estimate:
         half = (_T975[df - 1] if df <= len(_T975) else 1.96) * finite.std(ddof=1) / math.sqrt(finite.size)
         return cls(mean, mean - half, mean + half, tuple(values.tolist()))
 
-    def above(self, other: Estimate) -> bool:
-        """Whether this interval lies entirely above the other's (both must exist)."""
-        return (self.ci_low is not None and other.ci_high is not None
-                and self.ci_low > other.ci_high)
-
-
-def seed_metrics(labels: np.ndarray, scores: list[np.ndarray],
-                 mask: np.ndarray) -> tuple[Estimate, Estimate]:
-    """AUC and log-loss of the masked events, one value per seed's scores, as estimates."""
-    y = labels[mask]
-    aucs = [roc_auc(y, s[mask]) if y.size else float("nan") for s in scores]
-    losses = [log_loss(y, s[mask]) if y.size else float("nan") for s in scores]
-    return Estimate.of(aucs), Estimate.of(losses)
