@@ -80,6 +80,7 @@ class StackInfo:
     replay_total: int = 0  # events the replay sends
     replay_state: str = "not started"  # not started, running, done, failed...
     processes: dict[str, str] = field(default_factory=dict)  # name -> "up :6066", "exited 1"...
+    restarts: dict[str, int] = field(default_factory=dict)  # name -> times it was restarted after a crash
     score_url: str = ""
     log_dir: Path | None = None
     broker_logs: Path | None = None
@@ -140,6 +141,9 @@ def summary(f: Figures | None, info: StackInfo, ended: str, replay: dict | None,
             f"  serve      {many(f.scored, 'scoring request', 'scoring requests')}"
             + (f" ({breakdown(f.scored_by_source)})" if breakdown(f.scored_by_source) else ""),
         ]
+    if info.restarts:
+        lines.append("  restarted  " + ", ".join(f"{name} {many(times, 'time', 'times')} after a crash"
+                                                  for name, times in info.restarts.items()))
     if stops:
         lines.append("  stopped    " + ", ".join(f"{name} ({how})" for name, how in stops))
     if info.log_dir:

@@ -8,6 +8,11 @@ serves /metrics), then the replay of the dataset (a thread of this process). A l
 or SIGTERM (or `duration_s`, or `until_caught_up`); `demo` waits until the adaptations
 have caught up with the replay, scores one member through the service, and stops.
 
+A worker that exits while the stack runs is restarted after a backoff (1 s, doubling); the
+view and the summary say so. The stack gives up, and stops, only when one worker crashes
+`restart_max_crashes` times within `restart_window_s`. Catching up is judged from Kafka
+(the workers' committed offsets), which a restart does not reset.
+
 Teardown runs whatever ended the run, in stages: the replay (stopped between two events,
 flushed), then the service and the workers together (SIGTERM to each process group in
 reverse order of start, SIGKILL after `stop_timeout_s`; a second Ctrl-C kills at once),
@@ -42,10 +47,10 @@ from limaml.processes import poll
 from limaml.settings import ConfigError
 from limaml.topics import KafkaConfig, TopicNames, ensure_topics
 
-from .live_view import MODES, LiveView, StackInfo, summary
+from .live_view import MODES, LiveView, StackInfo, many, summary
 from .replayer import ReplayThread
-from .supervisor import Broker, Child, PidFile, stop_all
-from .telemetry import CatchUp, Figures, History, Scrape, Snapshot, parse_metrics
+from .supervisor import Broker, Child, PidFile, RestartPolicy, Restarts, stop_all
+from .telemetry import Backlog, CatchUp, Figures, History, Scrape, Snapshot, add_counters, parse_metrics
 
 log = logging.getLogger("limaml.up")
 
@@ -78,11 +83,14 @@ class StackConfig:
     refresh_s: float = 1.0  # seconds between view updates (plain lines: every 10th)
     start_timeout_s: float = 180.0  # longest wait for the workers to answer
     stop_timeout_s: float = 30.0  # per process: SIGTERM, then SIGKILL after this
+    restart_max_crashes: int = 5  # a worker crashing this often within restart_window_s stops the stack
+    restart_window_s: float = 60.0  # span over which a worker's crashes are counted
 
     def __post_init__(self) -> None:
         if self.view not in MODES:
             raise ConfigError(f"view must be one of {', '.join(MODES)}, got {self.view!r}")
-        for name in ("rate", "duration_s", "max_staleness_s", "refresh_s", "start_timeout_s", "stop_timeout_s"):
+        for name in ("rate", "duration_s", "max_staleness_s", "refresh_s", "start_timeout_s", "stop_timeout_s",
+                     "restart_window_s"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0 or (value == 0 and name == "refresh_s"):
                 raise ConfigError(f"{name} must be a finite number >= 0 (refresh_s > 0), got {value}")
@@ -91,8 +99,8 @@ class StackConfig:
                 raise ConfigError(f"{name} must be a TCP port, got {getattr(self, name)}")
         if len({self.stream_port, self.adapt_port, self.serve_port}) < 3:
             raise ConfigError("stream_port, adapt_port and serve_port must differ")
-        if self.limit < 0 or self.partitions < 1:
-            raise ConfigError("limit must be >= 0 and partitions >= 1")
+        if self.limit < 0 or self.partitions < 1 or self.restart_max_crashes < 1:
+            raise ConfigError("limit must be >= 0, partitions and restart_max_crashes >= 1")
 
 
 DEMO_DEFAULTS = {"up": {"rate": 500.0, "limit": 10_000}}
@@ -107,33 +115,61 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-class TopicProgress:
-    """Events written to the interactions topic since the start (its high watermarks)."""
+class KafkaProgress:
+    """The replay's progress and the workers' backlogs, read from the brokers: high
+    watermarks of the interactions and adapt-requests topics, and the offsets the stream and
+    adaptation workers' consumer groups have committed (read without joining the groups)."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "limaml-up-progress",
-                                  "enable.auto.commit": False})
-        self.partitions = [TopicPartition(topic, p) for p in range(partitions)]
-        self.baseline = self._high_watermarks() or 0
+    def __init__(self, kafka: KafkaConfig) -> None:
+        names = TopicNames(kafka.topic_prefix)
+        connection = {"bootstrap.servers": kafka.bootstrap, "enable.auto.commit": False}
+        self.consumers = {group: Consumer({**connection, "group.id": group})
+                          for group in ("limaml-up-progress", kafka.faust_app_id("stream"),
+                                        kafka.faust_app_id("adapt"))}
+        self.watermarks = self.consumers["limaml-up-progress"]
+        self.stream_group = self.consumers[kafka.faust_app_id("stream")]
+        self.adapt_group = self.consumers[kafka.faust_app_id("adapt")]
+        self.interactions = [TopicPartition(names.interactions, p) for p in range(kafka.partitions)]
+        self.requests = [TopicPartition(names.adapt_requests, p) for p in range(kafka.partitions)]
+        self.baseline = self._ends(self.interactions) or 0
         self.last = 0
 
-    def _high_watermarks(self) -> int | None:
+    def _ends(self, partitions: list[TopicPartition]) -> int | None:
         try:
-            offsets = [self.consumer.get_watermark_offsets(tp, timeout=2.0, cached=False)
-                       for tp in self.partitions]
+            offsets = [self.watermarks.get_watermark_offsets(tp, timeout=2.0, cached=False)
+                       for tp in partitions]
         except KafkaException:
             return None
         return None if any(o is None for o in offsets) else sum(high for _low, high in offsets)
 
+    @staticmethod
+    def _committed(group: Consumer, partitions: list[TopicPartition]) -> int | None:
+        try:
+            offsets = group.committed(partitions, timeout=2.0)
+        except KafkaException:
+            return None
+        return sum(max(0, tp.offset) for tp in offsets)  # no commit yet: a negative sentinel
+
     def produced(self) -> int:
-        """The latest count (the previous one when the broker did not answer)."""
-        high = self._high_watermarks()
+        """Events produced since the start (the previous count when the broker did not answer)."""
+        high = self._ends(self.interactions)
         if high is not None:
             self.last = high - self.baseline
         return self.last
 
+    def backlog(self) -> Backlog | None:
+        """What the workers have not committed; None when a broker did not answer."""
+        events, requests = self._ends(self.interactions), self._ends(self.requests)
+        events_done = self._committed(self.stream_group, self.interactions)
+        requests_done = self._committed(self.adapt_group, self.requests)
+        if events is None or requests is None or events_done is None or requests_done is None:
+            return None
+        return Backlog(events=max(0, events - events_done), requests=max(0, requests - requests_done),
+                       requests_written=requests)
+
     def close(self) -> None:
-        self.consumer.close()
+        for consumer in self.consumers.values():
+            consumer.close()
 
 
 @dataclass
@@ -157,12 +193,15 @@ class Stack:
         self.broker: Broker | None = None
         self.workers: dict[str, Child] = {}
         self.replay: ReplayThread | None = None
-        self.progress: TopicProgress | None = None
+        self.progress: KafkaProgress | None = None
         self.history = History(RATE_WINDOW_S)
         self.pids = PidFile(self.work / "pids.json")
         self.stopping = False  # a first signal raises Interrupted; later ones hurry the teardown
         self.hurry = False
         self._scrapes: dict[str, Scrape] = {}  # the last good scrape of each worker
+        self._earlier_lives: dict[str, Scrape] = {}  # what restarted workers counted before
+        policy = RestartPolicy(max_crashes=config.restart_max_crashes, window_s=config.restart_window_s)
+        self.restarts = {name: Restarts(policy) for name in WORKERS}
         self._pool = ThreadPoolExecutor(max_workers=len(WORKERS), thread_name_prefix="scrape")
 
     # ----------------------------------------------------------------- the whole run
@@ -288,7 +327,7 @@ class Stack:
         log.info("stream, adapt and serve ready in %.1f s; logs in %s", time.monotonic() - started, self.logs)
 
         topic = TopicNames(config.topic_prefix).interactions
-        self.progress = TopicProgress(self.bootstrap, topic, config.partitions)
+        self.progress = KafkaProgress(kafka)
         self.replay = ReplayThread(kafka, ReplayConfig(dataset=config.dataset, rate=config.rate,
                                                        limit=config.limit), dataset)
         self.replay.start()
@@ -327,23 +366,45 @@ class Stack:
     def _snapshot(self) -> Snapshot:
         futures = {name: self._pool.submit(child.get, "/metrics") for name, child in self.workers.items()}
         produced = self.progress.produced() if self.progress else 0
+        backlog = self.progress.backlog() if self.progress else None
         for name, future in futures.items():
             body = future.result()
             if body is not None:  # a scrape that timed out keeps the previous figures
                 self._scrapes[name] = parse_metrics(body.decode())
-        snapshot = Snapshot(at=time.monotonic(), produced=produced,
-                            **{name: self._scrapes.get(name, {}) for name in WORKERS})
+        snapshot = Snapshot(at=time.monotonic(), produced=produced, backlog=backlog,
+                            **{name: add_counters(self._earlier_lives.get(name, {}), self._scrapes.get(name, {}))
+                               for name in WORKERS})
         self.history.add(snapshot)
         return snapshot
 
     def _check_processes(self) -> None:
-        """Raise when a worker or the replay has failed; note the replay's end."""
-        for child in self.workers.values():
+        """Restart the workers that exited, when their backoff is over; raise when one keeps
+        crashing or the replay has failed; note the replay's end."""
+        now = time.monotonic()
+        for name, child in self.workers.items():
+            restarts = self.restarts[name]
+            if restarts.take_due(now):
+                child.respawn()
+                self._write_pids()
+                self.info.processes[name] = f":{child.web_port} (restarted {many(restarts.count, 'time', 'times')})"
+                self.info.restarts[name] = restarts.count
+                log.warning("%s restarted (restart %d)", name, restarts.count)
+                continue
             code = child.exit_code()
-            if code is not None:
-                self.info.processes[child.name] = f"exited {code}"
-                raise RuntimeError(f"{child.name} exited with code {code}; the end of "
-                                   f"{child.log_path}:\n{child.log_tail(30)}")
+            if code is None or restarts.due is not None:
+                continue
+            # Its counters die with it: keep what it counted, so totals and rates go on.
+            self._earlier_lives[name] = add_counters(self._earlier_lives.get(name, {}), self._scrapes.pop(name, {}))
+            backoff = restarts.crashed(now)
+            if backoff is None:
+                self.info.processes[name] = f"exited {code}"
+                raise RuntimeError(
+                    f"{name} exited with code {code}, its {restarts.recent}th crash within "
+                    f"{self.config.restart_window_s:g} s; not restarting it again. The end of "
+                    f"{child.log_path}:\n{child.log_tail(30)}")
+            self.info.processes[name] = f"exited {code}, restart in {backoff:g} s"
+            log.warning("%s exited with code %s; restarting it in %g s. The end of %s:\n%s",
+                        name, code, backoff, child.log_path, child.log_tail(10))
         if self.replay is not None:
             self.info.replay_state = self.info.processes["replay"] = self.replay.state
             if self.replay.state == "failed":

@@ -5,6 +5,8 @@ reaches only `limaml up`, which then stops the children itself: SIGTERM to each 
 group, SIGKILL after a timeout, or at once when `hurry()` turns true (a second Ctrl-C).
 The pids and start times of the running children are kept in a pid file, so that a later
 run can stop what a killed one left behind, and tests can check that nothing survived.
+A child that exits on its own is restarted after a backoff (`Restarts`), as an always-on
+deployment's supervisor (systemd, Kubernetes, compose's `restart:`) would.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import os
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -93,6 +96,52 @@ def stop_all(targets: list[Target], timeout_s: float, hurry: Hurry) -> list[tupl
     return [(target.name, ended[target.name]) for target in targets]
 
 
+@dataclass(frozen=True)
+class RestartPolicy:
+    """Restart a crashed child after a backoff that doubles with each recent crash; give up
+    once it has crashed `max_crashes` times within `window_s` (a crash loop, not a fault)."""
+
+    max_crashes: int = 5
+    window_s: float = 60.0
+    first_backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+
+
+class Restarts:
+    """One child's crashes and restarts under a `RestartPolicy`."""
+
+    def __init__(self, policy: RestartPolicy) -> None:
+        self.policy = policy
+        self.count = 0  # restarts done
+        self.due: float | None = None  # time.monotonic() of the pending restart, None if none
+        self._crashes: deque[float] = deque()
+
+    def crashed(self, now: float) -> float | None:
+        """Record a crash at `now`; the seconds to wait before restarting, None to give up."""
+        self._crashes.append(now)
+        while now - self._crashes[0] > self.policy.window_s:
+            self._crashes.popleft()
+        recent = len(self._crashes)
+        if recent >= self.policy.max_crashes:
+            return None
+        backoff = min(self.policy.max_backoff_s, self.policy.first_backoff_s * 2 ** (recent - 1))
+        self.due = now + backoff
+        return backoff
+
+    @property
+    def recent(self) -> int:
+        """Crashes within the window, as of the last one."""
+        return len(self._crashes)
+
+    def take_due(self, now: float) -> bool:
+        """True, once, when the pending restart is due."""
+        if self.due is None or now < self.due:
+            return False
+        self.due = None
+        self.count += 1
+        return True
+
+
 class Child(Worker):
     """A `limaml <command>` child in its own session (and process group)."""
 
@@ -129,6 +178,12 @@ class Child(Worker):
     def record(self) -> dict[str, int | None]:
         assert self.process is not None
         return {"pid": self.process.pid, "started": self.started}
+
+    def respawn(self) -> Child:
+        """Start it again, after killing anything its exited leader left in its group."""
+        if self.process is not None:
+            _signal_group(self.process.pid, signal.SIGKILL)
+        return self.spawn()
 
 
 class Broker:

@@ -80,6 +80,41 @@ def quantile(histogram: Buckets, q: float) -> float | None:
     return lower  # q == 0 and no bucket above `below`: the smallest bound seen
 
 
+COUNTER_SUFFIXES = ("_total", "_count", "_sum", "_bucket")
+"""Samples that only grow while a process lives (counters and histograms); the rest are gauges."""
+
+
+def add_counters(base: Scrape, scrape: Scrape) -> Scrape:
+    """`scrape` with `base`'s counter and histogram samples added, series by series.
+
+    A restarted worker counts from zero; adding what its earlier lives counted (their last
+    scrapes, folded into `base`) keeps totals and rates going, as PromQL's counter-reset
+    handling does. Gauges are the latest process's alone."""
+    merged = {name: list(samples) for name, samples in scrape.items()}
+    for name, samples in base.items():
+        if not name.endswith(COUNTER_SUFFIXES):
+            continue
+        series = merged.setdefault(name, [])
+        for labels, value in samples:
+            at = next((i for i, (other, _) in enumerate(series) if other == labels), None)
+            if at is None:
+                series.append((labels, value))
+            else:
+                series[at] = (labels, series[at][1] + value)
+    return merged
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What Kafka says is left to do: messages past the offsets each worker kind committed.
+
+    Unlike the workers' counters, this survives a worker's crash and restart."""
+
+    events: int  # interactions the stream workers have not committed
+    requests: int  # adapt requests the adaptation workers have not committed
+    requests_written: int  # adapt requests ever written (one more means a new request)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """One scrape of every process, and the events produced to the interactions topic."""
@@ -89,23 +124,7 @@ class Snapshot:
     adapt: Scrape = field(default_factory=dict)
     serve: Scrape = field(default_factory=dict)
     produced: int = 0  # events written to the interactions topic since the stack started
-
-    @property
-    def consumed(self) -> float:
-        """Events the stream worker is done with: applied, dead-lettered or skipped as redelivered."""
-        return (total(self.stream, "limaml_stream_events_total")
-                + total(self.stream, "limaml_stream_dead_letters_total")
-                + total(self.stream, "limaml_stream_duplicate_events_total"))
-
-    @property
-    def requests(self) -> float:
-        return total(self.stream, "limaml_stream_adapt_requests_total")
-
-    @property
-    def answered(self) -> float:
-        """Adapt requests the adaptation worker has finished (its micro-batches' sizes: a batch
-        holding several requests of one member adapts it once, for the newest)."""
-        return total(self.adapt, "limaml_adapt_batch_size_sum")
+    backlog: Backlog | None = None  # None when the brokers did not answer
 
 
 @dataclass(frozen=True)
@@ -215,21 +234,22 @@ class History:
 class CatchUp:
     """Whether the pipeline has caught up with everything produced so far.
 
-    Caught up: the stream worker is done with every produced event, every adapt request
-    it sent is answered, and nothing moved for `quiet_s` seconds. The quiet period covers
-    the trigger policy's staleness timer: a member with fewer new events than
+    Caught up: the stream workers have committed every produced event, the adaptation
+    workers every adapt request, and nothing moved for `quiet_s` seconds. The quiet period
+    covers the trigger policy's staleness timer: a member with fewer new events than
     min_new_signals is requested up to max_staleness_s + check_interval_s after its
     newest event, so `quiet_s` must exceed that sum."""
 
     def __init__(self, quiet_s: float) -> None:
         self.quiet_s = quiet_s
-        self._state: tuple[float, float, float, int] | None = None
+        self._state: tuple[int, Backlog] | None = None
         self._since = 0.0
 
     def update(self, snapshot: Snapshot) -> bool:
-        state = (snapshot.consumed, snapshot.requests, snapshot.answered, snapshot.produced)
+        if snapshot.backlog is None:
+            return False
+        state = (snapshot.produced, snapshot.backlog)
         if state != self._state:
             self._state, self._since = state, snapshot.at
-        consumed, requests, answered, produced = state
-        return (consumed >= produced and requests <= answered
-                and snapshot.at - self._since >= self.quiet_s)
+        backlog = snapshot.backlog
+        return backlog.events == 0 and backlog.requests == 0 and snapshot.at - self._since >= self.quiet_s

@@ -384,6 +384,16 @@ def test_serve_health_check_path_is_a_route() -> None:
     assert WEB_SERVICES["serve"][1] in {route.path for route in router.routes}
 
 
+def test_long_running_services_are_restarted_after_a_crash() -> None:
+    """As `limaml up` does: a crashed worker comes back; only the one-shot jobs run once."""
+    one_shot = {"init", "replay"}
+    for name, service in services().items():
+        expected = "no" if name in one_shot else "unless-stopped"
+        assert service.get("restart", "no") == expected, f"{name}: restart {service.get('restart')!r}"
+        if name not in one_shot:
+            assert "healthcheck" in service, f"{name} has no health check"
+
+
 def test_dependencies_wait_for_health_and_for_init() -> None:
     for name, service in services().items():
         if service.get("restart", "no") != "no" or name == "kafka":

@@ -10,9 +10,11 @@ import pytest
 from limaml.deploy.live_view import LiveView, StackInfo, frame, line, seconds, summary
 from limaml.deploy.telemetry import (
     FRESHNESS,
+    Backlog,
     CatchUp,
     History,
     Snapshot,
+    add_counters,
     buckets,
     figures,
     parse_metrics,
@@ -122,22 +124,50 @@ def test_a_scrape_that_moves_backwards_gives_no_negative_rate() -> None:
     assert figures(later, earlier, earlier).applied_rate == 0.0
 
 
-def test_catch_up_needs_everything_consumed_answered_and_a_quiet_period() -> None:
+def test_a_restarted_workers_earlier_counts_carry_its_totals_and_rates_on() -> None:
     stream, adapt = StreamMetrics(), AdaptMetrics()
+    history = History(window_s=10)
+    stream.events.inc(100)
+    stream.requests.labels("signals").inc(7)
+    stream.ingest_lag.observe(0.01)
+    before_crash = scrape(stream)
+    history.add(Snapshot(at=0.0, stream=before_crash, adapt=scrape(adapt)))
+    restarted = StreamMetrics()  # the new process counts from zero
+    restarted.events.inc(30)
+    restarted.requests.labels("stale").inc(2)
+    carried = add_counters(before_crash, scrape(restarted))
+    assert total(carried, "limaml_stream_events_total") == 130
+    assert total(carried, "limaml_stream_adapt_requests_total", reason="signals") == 7
+    assert total(carried, "limaml_stream_adapt_requests_total", reason="stale") == 2
+    assert buckets(carried, "limaml_stream_ingest_lag_seconds")[-1][1] == 1  # histograms too
+    history.add(Snapshot(at=10.0, stream=carried, adapt=scrape(adapt)))
+    f = history.figures()
+    assert f is not None and f.applied == 130 and f.applied_rate == pytest.approx(3.0)
+
+
+def test_add_counters_keeps_the_latest_gauges_only() -> None:
+    base = parse_metrics("# TYPE up gauge\nup 1\n# TYPE n counter\nn_total 5\n")
+    latest = parse_metrics("# TYPE up gauge\nup 0\n# TYPE n counter\nn_total 2\n")
+    merged = add_counters(base, latest)
+    assert total(merged, "up") == 0 and total(merged, "n_total") == 7
+
+
+def test_catch_up_needs_every_offset_committed_and_a_quiet_period() -> None:
     catch_up = CatchUp(quiet_s=3.0)
-    stream.events.inc(90)
-    assert not catch_up.update(snapshot(0.0, stream, adapt, produced=100))  # 10 events not consumed
-    stream.events.inc(8)
-    stream.dead_letters.inc(2)  # dead letters count as consumed
-    stream.requests.labels("signals").inc(5)
-    assert not catch_up.update(snapshot(1.0, stream, adapt, produced=100))  # 5 requests unanswered
-    adapt.batch_size.observe(5)  # the worker took all 5 (it may adapt fewer: one per member)
-    adapt.embeddings.inc(4)
-    assert not catch_up.update(snapshot(2.0, stream, adapt, produced=100))  # not quiet for 3 s yet
-    assert not catch_up.update(snapshot(4.0, stream, adapt, produced=100))
-    assert catch_up.update(snapshot(5.0, stream, adapt, produced=100))
-    stream.requests.labels("stale").inc()  # a staleness trigger after all: wait again
-    assert not catch_up.update(snapshot(6.0, stream, adapt, produced=100))
+
+    def at(t: float, events: int, requests: int, written: int = 5,
+           produced: int = 100) -> Snapshot:
+        return Snapshot(at=t, produced=produced, backlog=Backlog(events, requests, written))
+
+    assert not catch_up.update(Snapshot(at=0.0, produced=100))  # the brokers did not answer
+    assert not catch_up.update(at(0.0, events=10, requests=0))  # 10 events not committed
+    assert not catch_up.update(at(1.0, events=0, requests=5))  # 5 requests not committed
+    assert not catch_up.update(at(2.0, events=0, requests=0))  # not quiet for 3 s yet
+    assert not catch_up.update(at(4.0, events=0, requests=0))
+    assert catch_up.update(at(5.0, events=0, requests=0))
+    assert not catch_up.update(at(6.0, events=0, requests=0, written=6))  # a staleness request: wait again
+    assert not catch_up.update(at(8.0, events=0, requests=0, written=6))
+    assert catch_up.update(at(9.0, events=0, requests=0, written=6))
 
 
 def sample_figures():
@@ -154,6 +184,7 @@ def sample_figures():
 def info() -> StackInfo:
     return StackInfo(command="up", model_version="v1", topic_prefix="limaml", replay_total=2000,
                      replay_state="running", processes={"stream": ":6066", "adapt": ":6067"},
+                     restarts={"stream": 2},
                      score_url="http://127.0.0.1:8000/v1/score", log_dir=Path("/tmp/up/logs"))
 
 
@@ -175,6 +206,7 @@ def test_the_summary_names_totals_stops_and_logs() -> None:
     assert "1,234 events delivered in 2.5 s" in text and "interrupted" in text
     assert "1,234 events applied" in text and "10 embeddings in 1 batch of 12.0" in text
     assert "replay (SIGINT, 0.1 s), broker (SIGTERM, 2.0 s)" in text
+    assert "restarted  stream 2 times after a crash" in text
     assert "/tmp/up/logs/" in text
 
 

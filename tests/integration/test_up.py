@@ -14,13 +14,18 @@ from pathlib import Path
 
 import pytest
 from conftest import save_tiny_model
+from limaml.adapters.events import events_from_log
 from limaml.adapters.registry import load_dataset
-
+from limaml.featurestore.config import FeatureStoreConfig
+from limaml.featurestore.embeddings import EmbeddingReader
+from limaml.featurestore.store import open_feature_store
 from limaml.processes import KAFKA_SH, LIMAML, free_port, poll
+from limaml.stream.config import StreamConfig
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 DATASET = "synthetic:n_members=30,n_items=25,mean_events=12,seed=5"
+BUSY_DATASET = "synthetic:n_members=500,n_items=25,mean_events=50,seed=6"  # 25 s of replay at 1,000 ev/s
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +43,9 @@ def distinct_ports(n: int) -> list[int]:
     return sorted(ports)
 
 
-def stack_command(command: str, artifacts: Path, work: Path, ports: list[int], *extra: str) -> list[str]:
-    return [LIMAML, command, "--dataset", DATASET, "--artifacts-dir", str(artifacts), "--work-dir", str(work),
+def stack_command(command: str, artifacts: Path, work: Path, ports: list[int], *extra: str,
+                  dataset: str = DATASET) -> list[str]:
+    return [LIMAML, command, "--dataset", dataset, "--artifacts-dir", str(artifacts), "--work-dir", str(work),
             "--stream-port", str(ports[0]), "--adapt-port", str(ports[1]), "--serve-port", str(ports[2]),
             "--device", "cpu", "--partitions", "2", "--max-staleness-s", "0.5", "--view", "plain",
             "--refresh-s", "0.5", "--stop-timeout-s", "20", *extra]
@@ -175,3 +181,106 @@ def test_up_without_a_model_says_how_to_get_one(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "limaml train --dataset" in result.stderr and "limaml demo" in result.stderr
     assert not (tmp_path / "up" / "kafka").exists()  # failed before starting anything
+
+
+@pytest.fixture(scope="module")
+def busy_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("busy-artifacts")
+    save_tiny_model(root, load_dataset(BUSY_DATASET))
+    return root
+
+
+def answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def child_pid(work: Path, name: str) -> int | None:
+    try:
+        return json.loads((work / "pids.json").read_text())["children"][name]["pid"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def test_up_restarts_a_killed_worker_and_loses_or_doubles_no_event(busy_artifacts: Path, tmp_path: Path) -> None:
+    """kill -9 the stream worker, then the adaptation worker, while 1,000 events/s arrive: `limaml up`
+    restarts each, every event ends in its member's support set once, the embeddings catch up."""
+    work, ports = tmp_path / "up", distinct_ports(3)
+    stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    dataset = load_dataset(BUSY_DATASET)
+    expected: dict[str, list[str]] = {}
+    for event in events_from_log(dataset):
+        expected.setdefault(event.member_id, []).append(event.item_id)
+    support_size = StreamConfig().support_size
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        up = subprocess.Popen(stack_command("up", busy_artifacts, work, ports, "--rate", "1000",
+                                            dataset=BUSY_DATASET),
+                              stdout=out, stderr=err, start_new_session=True,
+                              env={k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"})
+
+    def running() -> None:
+        if up.poll() is not None:
+            raise AssertionError(f"limaml up exited with {up.returncode}:\n{output(stderr)[-3000:]}")
+
+    def kill_and_await_restart(name: str, port: int) -> None:
+        killed = child_pid(work, name)
+        assert killed is not None
+        os.kill(killed, signal.SIGKILL)
+
+        def restarted() -> bool:
+            running()
+            pid = child_pid(work, name)
+            return pid not in (None, killed) and answers(port)
+
+        poll(restarted, 120, f"limaml up to restart the killed {name} worker",
+             describe=lambda: output(stderr)[-2000:])
+
+    behind: dict[str, object] = {}
+
+    def support_sets_hold_every_event_once() -> bool:
+        running()
+        behind.clear()
+        for member_id, items in expected.items():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{ports[0]}/members/{member_id}/", timeout=5) as reply:
+                    state = json.loads(reply.read())
+            except OSError:
+                state = None
+            if state is None or state["seq"] < len(items):
+                behind[member_id] = None if state is None else (state["seq"], len(items))
+                continue
+            assert state["seq"] == len(items), f"{member_id}: counted {state['seq']} of {len(items)} events"
+            assert state["item_ids"] == items[-support_size:]
+        return not behind
+
+    try:
+        poll(lambda: running() or metric(ports[0], "limaml_stream_events_total") >= 1000, 150,
+             "the stream worker to apply its first 1,000 events", describe=lambda: output(stderr)[-2000:])
+        kill_and_await_restart("stream", ports[0])
+        kill_and_await_restart("adapt", ports[1])
+        poll(support_sets_hold_every_event_once, 180, "every event in its member's support set, once",
+             describe=lambda: f"members behind (seq, events): {dict(list(behind.items())[:5])} of {len(behind)}")
+        reader = EmbeddingReader(open_feature_store(FeatureStoreConfig(
+            repo_dir=work / "feast", profile_fields=",".join(sorted(dataset.member_features)))))
+
+        def embeddings_caught_up() -> bool:
+            running()
+            stored = reader.read(list(expected))
+            behind.clear()
+            behind.update({m: None if e is None else e.seq for m, e in stored.items()
+                           if e is None or e.seq != len(expected[m])})
+            return not behind
+
+        poll(embeddings_caught_up, 120, "every member's embedding to cover all its events",
+             describe=lambda: f"members behind (stored seq): {dict(list(behind.items())[:5])} of {len(behind)}")
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGINT)
+        code = up.wait(timeout=120)
+    text = output(stdout)
+    assert code == 128 + signal.SIGINT, output(stderr)[-3000:]
+    assert "restarted  stream 1 time after a crash, adapt 1 time after a crash" in text, text
+    assert "exited with code -9; restarting it in 1 s" in output(stderr)
