@@ -2,7 +2,9 @@
 #   make demo   install, then run the whole pipeline locally (limaml demo): a Kafka broker, the
 #               workers and the scoring service on a replay of the built-in synthetic log,
 #               with a model trained first if none fits; it scores one member and stops
-#   make test   install, then run every test (a real Kafka broker is started for them)
+#   make test   install, then run every test (a real Kafka broker and Redis server are
+#               started for them; Debian's redis-server is installed when it is missing,
+#               and `docker compose` is built once from the Go module proxy when missing)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -26,6 +28,8 @@ demo: install
 # pytest exits 5 when it collects no test: that is a failure here, not a pass.
 test: install
 	bash deploy/kafka.sh fetch
+	bash deploy/redis.sh install
+	bash deploy/compose.sh install
 	$(BIN)/python -m pytest; status=$$?; \
 	  if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 

@@ -1,8 +1,8 @@
 """Meta embeddings written and read per second through limaml's writer and reader, against
 bare Feast calls on the same store in the same run.
 
-EmbeddingWriter writes N members in batches of B (each batch: a read of the stored
-(model_version, seq), the monotonic check, one push); the baseline pushes the same rows
+EmbeddingWriter writes N members in batches of B (each batch: one atomic conditional
+write, reading the stored (model_version, seq) and writing the newer rows); the baseline pushes the same rows
 with a bare `store.push`. EmbeddingReader reads them back in batches of B; its baseline is
 a bare `get_online_features(...).to_dict()`. Passes alternate and the median is kept.
 SQLite always; Redis too when redis-server is on PATH (a private one via deploy/redis.sh)

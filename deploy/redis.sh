@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # deploy/redis.sh: a local Redis server, the production-style Feast online store, for
 # development, the tests and the benchmarks. Needs redis-server on PATH
-# (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis).
+# (`install` gets Debian's package; macOS: brew install redis).
 #
+#   deploy/redis.sh install
 #   deploy/redis.sh start  [--data-dir DIR] [--port PORT]
 #   deploy/redis.sh stop   [--data-dir DIR]
 #   deploy/redis.sh status [--data-dir DIR]
 #
+# `install` does nothing when redis-server is on PATH; otherwise it installs Debian's
+# redis-server package with apt-get (as root, or through sudo), `make test` runs it.
 # `start` prints one line on stdout, REDIS_URL=redis://127.0.0.1:PORT/0, so
 #   export "$(deploy/redis.sh start)"
 # sets a URL for FeatureStoreConfig.online_store. Everything else goes to stderr.
@@ -82,6 +85,24 @@ ping_ok() {
 
 port_in_use() { (exec 8<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
+cmd_install() {
+    if command -v "$REDIS_SERVER" >/dev/null 2>&1; then
+        log "$("$REDIS_SERVER" --version)"
+        return 0
+    fi
+    command -v apt-get >/dev/null 2>&1 || die "redis-server is not on PATH and there is no apt-get; install Redis (macOS: brew install redis)"
+    local sudo=()
+    if ((EUID != 0)); then
+        command -v sudo >/dev/null 2>&1 || die "installing redis-server needs root: apt-get install redis-server"
+        sudo=(sudo)
+    fi
+    local install=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server)
+    log "installing Debian's redis-server"
+    # An image's package lists may be missing or stale: update them only when the install fails.
+    "${install[@]}" || { "${sudo[@]}" apt-get update && "${install[@]}"; } || die "apt-get could not install redis-server"
+    command -v "$REDIS_SERVER" >/dev/null 2>&1 || die "redis-server is still not on PATH after installing it"
+}
+
 cmd_start() {
     parse_opts "$@"
     command -v "$REDIS_SERVER" >/dev/null 2>&1 || die "redis-server not found on PATH (apt-get install redis-server)"
@@ -150,6 +171,7 @@ main() {
     local cmd=${1:-}
     (($#)) && shift
     case $cmd in
+        install) cmd_install ;;
         start) cmd_start "$@" ;;
         stop) cmd_stop "$@" ;;
         status) cmd_status "$@" ;;

@@ -1,40 +1,37 @@
 """Members' meta embeddings in the Feast online store: the writer the adaptation workers
 call and the reader the scoring service calls (feature view `member_meta_embedding`).
 
-Writes are monotonic per member: an embedding never replaces a stored one of the same
-model version with a seq at least as high (Kafka redelivery, a rebalance, a late request);
-one of another model version always replaces it (a model switch, a backfill). The writer
-reads the stored (model_version, seq) before its one push per call. Each row's event time
-is its adapted_at, moved past the stored row's where needed: Feast's Redis store drops a
-row whose event time is not after the stored one, so a newer seq adapted in the same
-millisecond still lands, while on Redis a racing writer (two workers briefly owning a
-member during a rebalance) whose embedding was adapted before the stored one is dropped.
+Writes are monotonic per member, even with several writers at once (two workers briefly
+owning a member during a rebalance, a backfill racing live requests): an embedding never
+replaces a stored one of the same model version with a seq at least as high (Kafka
+redelivery, a late request), and one of another model version only when its version is the
+ACTIVE one (a model switch, a backfill): a worker still serving a retired version cannot undo
+a switch. Reading the stored (model_version, seq), deciding and writing are one atomic step
+per store (`conditional_write`), bypassing Feast's push, which overwrites unconditionally.
+Each row's event time is its adapted_at; the reader reads through `get_online_features`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from feast import FeatureStore
-from feast.data_source import PushMode
 from feast.online_response import OnlineResponse
-from google.protobuf.timestamp_pb2 import Timestamp
+
+from limaml.featurestore.conditional_write import ConditionalWriter
 
 logger = logging.getLogger(__name__)
 
 VIEW = "member_meta_embedding"
-PUSH_SOURCE = "member_meta_embedding_push"
+PUSH_SOURCE = "member_meta_embedding_push"  # the view's push source (Feast's unconditional write)
 JOIN_KEY = "member_id"
 FEATURES = ("meta_embedding", "model_version", "seq", "support_size", "newest_event_ts", "adapted_at")
-# How far past the stored event time a row must go to land in Redis; one ms keeps event
-# times on adapted_at's millisecond grid, which survives Redis's float round trip exactly.
-MIN_STEP = timedelta(milliseconds=1)
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+ORDER_FEATURES = ("model_version", "seq")  # what decides whether an embedding replaces another
 
 
 @dataclass(frozen=True)
@@ -48,50 +45,61 @@ class MemberEmbedding:
     adapted_at: int  # when the embedding was computed, epoch ms
 
 
-@dataclass(frozen=True)
-class _Stored:
-    model_version: str
-    seq: int
-    event_time: datetime  # the event timestamp Feast holds for the row
+def replaces(new: MemberEmbedding, model_version: str, seq: int, active_version: str | None) -> bool:
+    """Whether `new` may replace an embedding of (model_version, seq): of the same model only
+    with a higher seq; of another model only when `new`'s model is the active one."""
+    if new.model_version == model_version:
+        return new.seq > seq
+    return new.model_version == active_version
 
 
-def supersedes(new: MemberEmbedding, model_version: str, seq: int) -> bool:
-    """Whether `new` may replace an embedding of (model_version, seq): not for an older or equal
-    seq under the same model; always for another model (a switch or a backfill)."""
-    return new.model_version != model_version or new.seq > seq
+def no_active_version() -> None:
+    """For a writer told of no active version: no embedding replaces one of another model."""
+    return None
 
 
 class EmbeddingWriter:
-    """Pushes meta embeddings to the online store, never replacing a newer one with an older."""
+    """Writes meta embeddings to the online store, never replacing a newer one with an older.
 
-    def __init__(self, store: FeatureStore, meta_dim: int) -> None:
+    `active_version` names the ACTIVE model version at the time of a write (None when it is
+    unknown); it is called once per write."""
+
+    def __init__(self, store: FeatureStore, meta_dim: int,
+                 active_version: Callable[[], str | None] = no_active_version) -> None:
         if meta_dim <= 0:
             raise ValueError(f"meta_dim must be positive, got {meta_dim}")
         self.store = store
         self.meta_dim = meta_dim
+        self.active_version = active_version
+        self._rows = ConditionalWriter(store, VIEW)
 
     def write(self, embeddings: Sequence[MemberEmbedding]) -> list[MemberEmbedding]:
-        """Push, in one push, the embeddings newer than the stored ones; returns those.
+        """Write, in one atomic step, the embeddings that replace the stored ones; returns those.
 
-        Within the call a member keeps its highest seq (of one model version; a later
-        embedding of another version replaces an earlier one, as it would across calls).
+        Within the call a member keeps one embedding, chosen by the same rule (its highest seq
+        of one model version, an embedding of the active version over another version's).
         Raises ValueError, writing nothing, if any vector has the wrong shape or a non-finite value.
         """
-        latest: dict[str, MemberEmbedding] = {}
         for embedding in embeddings:  # all are checked before anything is written
             self._validate(embedding)
+        active = self.active_version()
+        latest: dict[str, MemberEmbedding] = {}
+        for embedding in embeddings:
             kept = latest.get(embedding.member_id)
-            if kept is None or supersedes(embedding, kept.model_version, kept.seq):
+            if kept is None or replaces(embedding, kept.model_version, kept.seq, active):
                 latest[embedding.member_id] = embedding
         if not latest:
             return []
-        stored = _read_stored(self.store, list(latest))
-        fresh = [e for e in latest.values()
-                 if (s := stored.get(e.member_id)) is None or supersedes(e, s.model_version, s.seq)]
+        candidates = list(latest.values())
+
+        def accept(index: int, stored: dict[str, Any] | None) -> bool:
+            return stored is None or replaces(candidates[index], stored["model_version"], stored["seq"],
+                                              active)
+
+        fresh = [candidates[index] for index in self._rows.write_where(_frame(candidates), ORDER_FEATURES,
+                                                                       accept)]
         if len(fresh) < len(embeddings):
-            logger.debug("writing %d of %d embeddings; the rest are superseded", len(fresh), len(embeddings))
-        if fresh:
-            self.store.push(PUSH_SOURCE, _frame(fresh, stored), to=PushMode.ONLINE)
+            logger.debug("wrote %d of %d embeddings; the rest are superseded", len(fresh), len(embeddings))
         return fresh
 
     def _validate(self, embedding: MemberEmbedding) -> None:
@@ -142,28 +150,7 @@ def _online(store: FeatureStore, features: Sequence[str], member_ids: list[str])
     )
 
 
-def _read_stored(store: FeatureStore, member_ids: list[str]) -> dict[str, _Stored]:
-    """The stored (model_version, seq, event time) of the members that have an embedding."""
-    response = _online(store, ("model_version", "seq"), member_ids)
-    columns = response.to_dict()
-    names = list(response.proto.metadata.feature_names.val)
-    # to_dict() rounds event times down to seconds; the proto keeps what the store holds.
-    times: Sequence[Timestamp] = response.proto.results[names.index("seq")].event_timestamps
-    return {
-        member_id: _Stored(columns["model_version"][row], int(columns["seq"][row]),
-                           times[row].ToDatetime(tzinfo=timezone.utc))
-        for row, member_id in enumerate(member_ids)
-        if columns["model_version"][row] is not None
-    }
-
-
-def _event_time(embedding: MemberEmbedding, stored: _Stored | None) -> datetime:
-    """adapted_at, moved just past the stored row's event time where it is not after it."""
-    adapted = EPOCH + timedelta(milliseconds=embedding.adapted_at)
-    return adapted if stored is None else max(adapted, stored.event_time + MIN_STEP)
-
-
-def _frame(embeddings: list[MemberEmbedding], stored: dict[str, _Stored]) -> pd.DataFrame:
+def _frame(embeddings: list[MemberEmbedding]) -> pd.DataFrame:
     return pd.DataFrame({
         JOIN_KEY: [e.member_id for e in embeddings],
         "meta_embedding": [e.vector.astype(np.float32) for e in embeddings],
@@ -172,6 +159,5 @@ def _frame(embeddings: list[MemberEmbedding], stored: dict[str, _Stored]) -> pd.
         "support_size": np.array([e.support_size for e in embeddings], dtype=np.int64),
         "newest_event_ts": np.array([e.newest_event_ts for e in embeddings], dtype=np.int64),
         "adapted_at": np.array([e.adapted_at for e in embeddings], dtype=np.int64),
-        "event_timestamp": pd.to_datetime([_event_time(e, stored.get(e.member_id)) for e in embeddings],
-                                          utc=True),
+        "event_timestamp": pd.to_datetime([e.adapted_at for e in embeddings], unit="ms", utc=True),
     })

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from limaml.active import ActiveFollower
 from limaml.adaptation import AdaptationEngine
-from limaml.artifacts import Artifact, load_artifact
+from limaml.artifacts import Artifact, ArtifactError, active_version, load_artifact
 from limaml.encoding import FeatureEncoder
 
 
@@ -33,6 +33,15 @@ class ActiveModel(ActiveFollower[ServedModel]):
         self._compile = compile
         self._support_capacity = support_capacity
         super().__init__(root)
+
+    def pointed_version(self) -> str | None:
+        """The version the ACTIVE pointer names now (None when it cannot be read), which
+        `current` follows only at the next `refresh`: the embedding writer's authority on
+        which model version may replace another's embeddings."""
+        try:
+            return active_version(self.root)
+        except (ArtifactError, OSError):
+            return None
 
     def _load(self, version: str, previous: ServedModel | None) -> ServedModel:
         artifact = load_artifact(self.root, version)

@@ -65,7 +65,8 @@ class BatchAdapter:
         key = (fields, served.artifact.model.config.meta_dim)
         if self._opened is None or self._opened[0] != key:
             store = open_feature_store(replace(self.feast, profile_fields=fields))
-            self._opened = (key, store, EmbeddingWriter(store, key[1]))
+            writer = EmbeddingWriter(store, key[1], active_version=self.model.pointed_version)
+            self._opened = (key, store, writer)
         return self._opened[1], self._opened[2]
 
     def __call__(self, requests: list[AdaptRequest]) -> tuple[list[MemberEmbedding], int]:

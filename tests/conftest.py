@@ -1,7 +1,9 @@
-"""Shared fixtures: small models, support sets and logs built in-process."""
+"""Shared fixtures: small models, support sets and logs built in-process; the rule for tests
+of real components."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +20,22 @@ from limaml.train import TrainConfig, meta_train
 SHARED_ML100K = Path(__file__).resolve().parents[1].parent / "shared/datasets/ml-100k"
 
 
+def require_component(name: str, available: bool, how_to_install: str) -> None:
+    """Stop a test that needs a real component (a server, a CLI) which is not `available`:
+    locally it is skipped with `how_to_install`; under CI=true it fails, so that CI never
+    passes without having run against the component."""
+    if available:
+        return
+    message = f"{name} is not available; {how_to_install}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message} (CI=true: a missing component fails the test)", pytrace=False)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def ml100k_dir() -> Path:
-    if not (SHARED_ML100K / "u.data").is_file():
-        pytest.skip(f"MovieLens 100K not found at {SHARED_ML100K}")
+    require_component("MovieLens 100K", (SHARED_ML100K / "u.data").is_file(),
+                      f"put GroupLens' ml-100k folder at {SHARED_ML100K}")
     return SHARED_ML100K
 
 

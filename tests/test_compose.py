@@ -27,6 +27,7 @@ import jsonschema
 import pytest
 import yaml
 
+from conftest import require_component
 from limaml import cli
 from limaml.processes import KAFKA_SH, REPO_ROOT
 from limaml.settings import Option, Section, parse_value
@@ -232,10 +233,10 @@ def test_durations_parse_as_go_durations() -> None:
         assert value is None or GO_DURATION.match(str(value)), (name, "stop_grace_period", value)
 
 
-@pytest.mark.skipif(not docker_compose_available(), reason="no `docker compose` installed")
 @pytest.mark.parametrize("profiles", [(), PROFILES], ids=["default", "all-profiles"])
 def test_docker_compose_config(profiles: tuple[str, ...], tmp_path: Path) -> None:
-    """The real parser, when the machine has it (no engine needed for `config`)."""
+    """The real parser (no engine needed for `config`); `make test` builds it when missing."""
+    require_component("docker compose", docker_compose_available(), "run `bash deploy/compose.sh install`")
     args = ["docker", "compose", "--project-directory", str(REPO_ROOT), "-f", str(COMPOSE_FILE)]
     for profile in profiles:
         args += ["--profile", profile]

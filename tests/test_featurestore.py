@@ -1,5 +1,5 @@
 """The Feast feature store against real stores: SQLite in tmp_path, and a private
-redis-server (started with deploy/redis.sh) when one is on PATH."""
+redis-server started with deploy/redis.sh (skipped locally without one, failed under CI=true)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,22 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import redis
+from conftest import require_component
 from feast import FeatureStore
 
 from limaml.adapters.registry import load_dataset
 from limaml.data import InteractionLog
+from limaml.featurestore import embeddings
 from limaml.featurestore.embeddings import EmbeddingReader, EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import read_member_profiles, write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
@@ -41,8 +45,8 @@ def embedding(member: str, seq: int, model_version: str = "v1", adapted_at: int 
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not on PATH (apt-get install redis-server); Redis store untested")
+    require_component("redis-server", shutil.which("redis-server") is not None,
+                      "run `deploy/redis.sh install` (Debian's redis-server) or `brew install redis`")
     data_dir = tmp_path_factory.mktemp("redis")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -127,13 +131,74 @@ def test_an_older_or_equal_seq_never_replaces_a_newer_one(store: FeatureStore) -
         assert got.adapted_at == adapted_at
 
 
-def test_a_new_model_version_replaces_the_old_one(store: FeatureStore) -> None:
-    writer, reader = EmbeddingWriter(store, DIM), EmbeddingReader(store)
+def stored(store: FeatureStore, member: str) -> tuple[str, int] | None:
+    got = EmbeddingReader(store).read([member])[member]
+    return None if got is None else (got.model_version, got.seq)
+
+
+def test_only_the_active_model_version_replaces_another_versions_embedding(store: FeatureStore) -> None:
+    active = "v1"
+    writer = EmbeddingWriter(store, DIM, active_version=lambda: active)
     assert len(writer.write([embedding("a", seq=9, model_version="v1")])) == 1
+    active = "v2"  # a model switch: v1 is retired
+    # The active version replaces another version's embedding, whatever its seq and time.
     assert len(writer.write([embedding("a", seq=3, model_version="v2", adapted_at=NOW_MS - 1)])) == 1
-    got = reader.read(["a"])["a"]
-    assert got is not None and (got.model_version, got.seq) == ("v2", 3)
-    assert len(writer.write([embedding("a", seq=3, model_version="v2")])) == 0
+    assert stored(store, "a") == ("v2", 3)
+    # A worker still serving the retired version never replaces it back.
+    assert writer.write([embedding("a", seq=10, model_version="v1", adapted_at=NOW_MS + 1)]) == []
+    assert stored(store, "a") == ("v2", 3)
+    assert writer.write([embedding("a", seq=3, model_version="v2")]) == []
+    # A retired version still orders its own embeddings by seq (a member the backfill has not reached).
+    assert len(writer.write([embedding("b", seq=4, model_version="v1")])) == 1
+    assert len(writer.write([embedding("b", seq=5, model_version="v1")])) == 1
+    assert writer.write([embedding("b", seq=5, model_version="v1")]) == []
+    assert stored(store, "b") == ("v1", 5)
+    # Within one call the active version's embedding wins too.
+    written = writer.write([embedding("c", seq=8, model_version="v1"), embedding("c", seq=2, model_version="v2"),
+                            embedding("c", seq=9, model_version="v1")])
+    assert [(e.model_version, e.seq) for e in written] == [("v2", 2)]
+    assert stored(store, "c") == ("v2", 2)
+    active = "v1"  # a rollback makes v1 the active version again
+    assert len(writer.write([embedding("a", seq=1, model_version="v1")])) == 1
+    assert stored(store, "a") == ("v1", 1)
+    # A writer told of no active version lets no version replace another's embedding.
+    assert EmbeddingWriter(store, DIM).write([embedding("a", seq=50, model_version="v3")]) == []
+    assert stored(store, "a") == ("v1", 1)
+
+
+def test_a_racing_writer_with_a_newer_seq_is_never_overwritten(store: FeatureStore,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writer A reads the stored seq 5 and, before it writes its seq 6, writer B writes seq 7
+    (two workers owning a member during a rebalance). SQLite must hold B until A is done;
+    Redis must abort A's write, which then reads 7 and writes nothing. Either way 7 stays."""
+    on_redis = store.config.online_store.type == "redis"
+    writer_a, writer_b = EmbeddingWriter(store, DIM), EmbeddingWriter(store, DIM)
+    assert len(writer_a.write([embedding("a", seq=5)])) == 1
+    written_by_b: list[MemberEmbedding] = []
+    racer = threading.Thread(target=lambda: written_by_b.extend(writer_b.write([embedding("a", seq=7)])))
+    b_finished_inside_a: list[bool] = []
+    judge = embeddings.replaces
+
+    def replaces_while_b_writes(new: MemberEmbedding, model_version: str, seq: int,
+                                active_version: str | None) -> bool:
+        if new.seq == 6 and not b_finished_inside_a:  # A has read the stored row, not written yet
+            racer.start()
+            # Redis: B's write lands at once (the deadline only bounds a hang); SQLite: B waits
+            # for A's transaction, so the join runs out (half a second, the cost of proving it).
+            racer.join(timeout=10.0 if on_redis else 0.5)
+            b_finished_inside_a.append(not racer.is_alive())
+        return judge(new, model_version, seq, active_version)
+
+    monkeypatch.setattr(embeddings, "replaces", replaces_while_b_writes)
+    written_by_a = writer_a.write([embedding("a", seq=6)])
+    racer.join(timeout=30.0)
+    assert not racer.is_alive()
+    assert b_finished_inside_a == [on_redis]
+    assert [e.seq for e in written_by_a] == ([] if on_redis else [6])
+    assert [e.seq for e in written_by_b] == [7]
+    got = EmbeddingReader(store).read(["a"])["a"]
+    assert got is not None and got.seq == 7
+    np.testing.assert_allclose(got.vector, embedding("a", seq=7).vector)
 
 
 def test_wrong_dimension_or_non_finite_values_are_rejected(tmp_path: Path) -> None:
@@ -149,19 +214,31 @@ def test_wrong_dimension_or_non_finite_values_are_rejected(tmp_path: Path) -> No
     assert EmbeddingReader(store).read(["good"]) == {"good": None}
 
 
+def profile_of(log: InteractionLog, row: int) -> dict[str, str]:
+    return {name: log.member_feature_vocabs[name].token(int(codes[row])) or ""
+            for name, codes in log.member_features.items()}
+
+
 def test_profiles_round_trip(store: FeatureStore, small_log: InteractionLog) -> None:
     assert write_member_profiles(store, small_log) == len(small_log.members.tokens)
     members = list(small_log.members.tokens[:5])
     profiles = read_member_profiles(store, [*members, "unknown"])
     assert profiles["unknown"] is None
     for row, member in enumerate(members, start=1):
-        expected = {name: small_log.member_feature_vocabs[name].token(int(codes[row])) or ""
-                    for name, codes in small_log.member_features.items()}
-        assert profiles[member] == expected
+        assert profiles[member] == profile_of(small_log, row)
     offline = pd.read_parquet(Path(store.repo_path) / "data/member_profile.parquet")
     assert list(offline["member_id"]) == list(small_log.members.tokens)
-    # A second snapshot replaces the first (on Redis too, whose store keeps only newer rows).
-    assert write_member_profiles(store, small_log) == len(small_log.members.tokens)
+    # A second snapshot replaces the first (on Redis too, whose store keeps only newer rows):
+    # every member's fields shifted to the next member's.
+    shifted = replace(small_log, member_features={name: np.concatenate([codes[:1], np.roll(codes[1:], 1)])
+                                                  for name, codes in small_log.member_features.items()})
+    everyone = list(small_log.members.tokens)
+    first = read_member_profiles(store, everyone)
+    assert write_member_profiles(store, shifted) == len(everyone)
+    second = read_member_profiles(store, everyone)
+    for row, member in enumerate(everyone, start=1):
+        assert second[member] == profile_of(shifted, row)
+    assert sum(second[member] != first[member] for member in everyone) > len(everyone) // 2
 
 
 def test_profiles_must_match_the_served_fields(tmp_path: Path, small_log: InteractionLog) -> None:
