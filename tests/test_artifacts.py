@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,6 +47,24 @@ def test_round_trip_gives_the_same_model_and_embeddings(tmp_path: Path) -> None:
                                   AdaptationEngine(artifact.model, "cpu").adapt_members(members))
 
 
+POINTER_READER = """
+import collections, json, pathlib, sys
+pointer, stop = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+seen = collections.Counter()
+print("reading", flush=True)
+while not stop.exists():
+    for _ in range(200):
+        try:
+            seen[pointer.read_text()] += 1
+        except FileNotFoundError:
+            seen["<missing>"] += 1
+print(json.dumps(seen))
+"""
+"""Reads the ACTIVE pointer as fast as it can, in its own process, until `stop` exists;
+prints how often it read each content."""
+POINTER_SWITCHES = 1000  # about 0.3 s; a write in place shows as thousands of empty reads
+
+
 def test_versions_are_immutable_and_active_moves_atomically(tmp_path: Path) -> None:
     first = save(tmp_path)
     second = save(tmp_path, activate=False)
@@ -53,7 +73,21 @@ def test_versions_are_immutable_and_active_moves_atomically(tmp_path: Path) -> N
     assert active_version(tmp_path) == second
     with pytest.raises(ArtifactError, match="no model version 'nope'"):
         set_active(tmp_path, "nope")
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging leftovers
+    assert active_version(tmp_path) == second
+    # A reader never sees the pointer empty or half-written while it moves back and forth.
+    stop = tmp_path.parent / f"{tmp_path.name}.stop"
+    reader = subprocess.Popen([sys.executable, "-c", POINTER_READER, str(tmp_path / "ACTIVE"), str(stop)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout is not None and reader.stdout.readline() == "reading\n"
+        for switch in range(POINTER_SWITCHES):
+            set_active(tmp_path, (first, second)[switch % 2])
+    finally:
+        stop.touch()
+        output, _ = reader.communicate(timeout=30)
+    seen = json.loads(output)  # both versions, read while the pointer moved, and nothing else
+    assert set(seen) == {first + "\n", second + "\n"}, f"the reader saw {seen}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first, second, "ACTIVE"])  # no leftovers
 
 
 def test_missing_active_pointer_says_how_to_fix_it(tmp_path: Path) -> None:

@@ -62,16 +62,25 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_precedence_is_defaults_then_file_then_environment_then_command_line(tmp_path: Path) -> None:
+    """Each option is set in a different set of layers, each layer to its own value, so
+    swapping any two layers changes some option's result."""
     config_file = tmp_path / "limaml.toml"
-    config_file.write_text('[train]\nepochs = 3\nseed = 5\n[model]\nmeta_dim = 12\nglobal_hidden = [64, 32]\n')
-    environ = {"LIMAML_TRAIN_SEED": "6", "LIMAML_MODEL_FIRST_ORDER": "true"}
-    settings = resolve(TRAIN_SECTIONS, config_file, parse("--seed", "7"), environ)
-    assert settings["train"]["epochs"] == 3  # file
-    assert settings["train"]["seed"] == 7  # command line beats environment beats file
-    assert settings["train"]["outer_lr"] == 1e-3  # default
-    assert settings["model"]["meta_dim"] == 12 and settings["model"]["global_hidden"] == (64, 32)
-    assert settings["model"]["first_order"] is True  # environment
+    config_file.write_text("[train]\nepochs = 3\nseed = 5\nsupport_size = 16\nmembers_per_batch = 30\n"
+                           "[model]\nmeta_dim = 12\nglobal_hidden = [64, 32]\n")
+    environ = {"LIMAML_TRAIN_SEED": "6", "LIMAML_TRAIN_MEMBERS_PER_BATCH": "40",
+               "LIMAML_TRAIN_QUERY_SIZE": "8", "LIMAML_MODEL_FIRST_ORDER": "true"}
+    cli = parse("--members-per-batch", "50", "--support-size", "24", "--query-size", "9", "--inner-steps", "2")
+    settings = resolve(TRAIN_SECTIONS, config_file, cli, environ)
+    assert settings["train"]["outer_lr"] == 1e-3  # default only
     assert settings["train"]["artifacts_dir"] == Path("artifacts")
+    assert settings["train"]["epochs"] == 3  # file beats default
+    assert settings["model"]["meta_dim"] == 12 and settings["model"]["global_hidden"] == (64, 32)
+    assert settings["model"]["first_order"] is True  # environment beats default
+    assert settings["train"]["seed"] == 6  # environment beats file
+    assert settings["train"]["support_size"] == 24  # command line beats file
+    assert settings["train"]["query_size"] == 9  # command line beats environment
+    assert settings["train"]["members_per_batch"] == 50  # command line beats environment and file
+    assert settings["model"]["inner_steps"] == 2  # command line beats default
 
 
 def test_configuration_errors_say_what_is_wrong(tmp_path: Path) -> None:
