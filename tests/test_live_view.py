@@ -161,13 +161,15 @@ def test_catch_up_needs_every_offset_committed_and_a_quiet_period() -> None:
 
     assert not catch_up.update(Snapshot(at=0.0, produced=100))  # the brokers did not answer
     assert not catch_up.update(at(0.0, events=10, requests=0))  # 10 events not committed
-    assert not catch_up.update(at(1.0, events=0, requests=5))  # 5 requests not committed
-    assert not catch_up.update(at(2.0, events=0, requests=0))  # not quiet for 3 s yet
-    assert not catch_up.update(at(4.0, events=0, requests=0))
-    assert catch_up.update(at(5.0, events=0, requests=0))
-    assert not catch_up.update(at(6.0, events=0, requests=0, written=6))  # a staleness request: wait again
-    assert not catch_up.update(at(8.0, events=0, requests=0, written=6))
-    assert catch_up.update(at(9.0, events=0, requests=0, written=6))
+    assert not catch_up.update(at(3.5, events=10, requests=0))  # quiet, but not committed
+    assert not catch_up.update(at(4.0, events=0, requests=5))  # 5 requests not committed
+    assert not catch_up.update(at(7.5, events=0, requests=5))  # quiet, but still not committed
+    assert not catch_up.update(at(8.0, events=0, requests=0))  # not quiet for 3 s yet
+    assert not catch_up.update(at(10.0, events=0, requests=0))
+    assert catch_up.update(at(11.0, events=0, requests=0))
+    assert not catch_up.update(at(12.0, events=0, requests=0, written=6))  # a staleness request: wait again
+    assert not catch_up.update(at(14.0, events=0, requests=0, written=6))
+    assert catch_up.update(at(15.0, events=0, requests=0, written=6))
 
 
 def sample_figures():
