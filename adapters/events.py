@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import math
 from collections.abc import Iterator
@@ -42,6 +43,13 @@ OPTIONAL_FIELDS = ("context",)
 _KNOWN_FIELDS = frozenset(REQUIRED_FIELDS + OPTIONAL_FIELDS)
 _SHOWN_CHARS = 40  # a rejected value is quoted in the reason up to this many characters
 _LOG_CHUNK = 8192  # events converted from numpy to Python objects at a time
+MAX_DEAD_LETTER_RAW_BYTES = 128 * 1024
+"""A dead letter keeps this much of the rejected value: twice the default event size limit
+(`MAX_EVENT_BYTES`), so every event rejected for another reason, and a moderately oversized
+one, is kept whole, and small enough that the letter (base64, about 175 kB with the other
+fields) stays far under Kafka's 1,000,000-byte producer limit for any value the broker accepted."""
+MAX_DEAD_LETTER_KEY_BYTES = 1024  # a member id is a few bytes; a longer key is kept in part
+MAX_DEAD_LETTER_REASON_CHARS = 1024  # a reason quoting unknown field names could grow with the event
 
 
 class InvalidEvent(ValueError):
@@ -73,19 +81,42 @@ class InteractionEvent:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A message that failed validation, kept byte for byte with where it came from."""
+    """A message that failed validation, with where it came from: its value up to
+    `MAX_DEAD_LETTER_RAW_BYTES` (so a dead letter always fits in a Kafka message, whatever
+    the broker accepted) plus the size and SHA-256 of the whole value, which stays in the
+    source topic at `topic`/`partition`/`offset`. Build one with `of`."""
 
-    raw: bytes  # the message value exactly as consumed (b"" for a null value)
-    reason: str  # InvalidEvent.reason
+    raw: bytes  # the value as consumed, up to MAX_DEAD_LETTER_RAW_BYTES of it (b"" for a null value)
+    raw_size: int  # the whole value's length in bytes
+    raw_sha256: str  # hex SHA-256 of the whole value
+    reason: str  # InvalidEvent.reason, at most MAX_DEAD_LETTER_REASON_CHARS
     topic: str  # source topic, partition and offset
     partition: int
     offset: int
-    key: bytes | None  # the source message's key
+    key: bytes | None  # the source message's key, at most MAX_DEAD_LETTER_KEY_BYTES of it
     failed_at_ms: int  # wall-clock time of the rejection, epoch milliseconds
+
+    @classmethod
+    def of(cls, value: bytes | None, key: bytes | None, reason: str, topic: str, partition: int,
+           offset: int, failed_at_ms: int) -> DeadLetter:
+        """The dead letter of a rejected message, its value, key and reason cut to their limits."""
+        value = value or b""
+        return cls(raw=value[:MAX_DEAD_LETTER_RAW_BYTES], raw_size=len(value),
+                   raw_sha256=hashlib.sha256(value).hexdigest(),
+                   reason=_shortened(reason, MAX_DEAD_LETTER_REASON_CHARS), topic=topic,
+                   partition=partition, offset=offset,
+                   key=None if key is None else key[:MAX_DEAD_LETTER_KEY_BYTES],
+                   failed_at_ms=failed_at_ms)
+
+    @property
+    def truncated(self) -> bool:
+        """True when `raw` is only the start of the value."""
+        return len(self.raw) < self.raw_size
 
     def to_json_bytes(self) -> bytes:
         return _ENCODER.encode({
-            "raw": base64.b64encode(self.raw).decode("ascii"), "reason": self.reason,
+            "raw": base64.b64encode(self.raw).decode("ascii"), "raw_size": self.raw_size,
+            "raw_sha256": self.raw_sha256, "truncated": self.truncated, "reason": self.reason,
             "topic": self.topic, "partition": self.partition, "offset": self.offset,
             "key": None if self.key is None else base64.b64encode(self.key).decode("ascii"),
             "failed_at_ms": self.failed_at_ms,
@@ -97,16 +128,20 @@ class DeadLetter:
         try:
             fields = json.loads(data)
             key = fields["key"]
-            letter = cls(raw=base64.b64decode(fields["raw"], validate=True), reason=fields["reason"],
+            letter = cls(raw=base64.b64decode(fields["raw"], validate=True), raw_size=fields["raw_size"],
+                         raw_sha256=fields["raw_sha256"], reason=fields["reason"],
                          topic=fields["topic"], partition=fields["partition"], offset=fields["offset"],
                          key=None if key is None else base64.b64decode(key, validate=True),
                          failed_at_ms=fields["failed_at_ms"])
         except (KeyError, TypeError, binascii.Error, UnicodeDecodeError) as error:
             raise ValueError(f"not a dead letter: {error!r}") from None
-        kinds = {"reason": str, "topic": str, "partition": int, "offset": int, "failed_at_ms": int}
+        kinds = {"raw_size": int, "raw_sha256": str, "reason": str, "topic": str, "partition": int,
+                 "offset": int, "failed_at_ms": int}
         for name, kind in kinds.items():
             if type(getattr(letter, name)) is not kind:
                 raise ValueError(f"not a dead letter: '{name}' is not a {kind.__name__}")
+        if fields["truncated"] is not letter.truncated:
+            raise ValueError("not a dead letter: 'truncated' disagrees with 'raw' and 'raw_size'")
         return letter
 
 
@@ -127,6 +162,10 @@ _DECODER = json.JSONDecoder(parse_constant=_refuse_constant, object_pairs_hook=_
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null",
                list: "array", dict: "object"}
+
+
+def _shortened(text: str, max_chars: int) -> str:
+    return text if len(text) <= max_chars else text[:max_chars - 3] + "..."
 
 
 def _describe(value: Any) -> str:

@@ -27,6 +27,7 @@ from faust.web import Request, View
 
 from limaml.adapters.events import DeadLetter, InvalidEvent, decode_event
 from limaml.stream.config import StreamConfig
+from limaml.stream.dead_letters import send_dead_letter
 from limaml.stream.faust_client import create_faust_app, drain_changelog_writes_before_commits
 from limaml.stream.metrics import StreamMetrics
 from limaml.stream.policy import (Example, TriggerPolicy, apply_event, due_reason,
@@ -146,11 +147,9 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
             try:
                 interaction = decode_event(message.value, message.key, config.max_event_bytes)
             except InvalidEvent as error:
-                await dead_letters.send(key=message.key, value=DeadLetter(
-                    raw=message.value or b"", reason=error.reason, topic=message.topic,
-                    partition=message.partition, offset=message.offset, key=message.key,
-                    failed_at_ms=int(time.time() * 1000)).to_json_bytes())
-                metrics.dead_letters.inc()
+                await send_dead_letter(dead_letters, DeadLetter.of(
+                    message.value, message.key, error.reason, message.topic, message.partition,
+                    message.offset, failed_at_ms=int(time.time() * 1000)), metrics)
                 continue
             now = time.time()
             member_id = interaction.member_id

@@ -25,6 +25,10 @@ class StreamMetrics:
                                   "Redelivered events skipped", registry=r)
         self.dead_letters = Counter("limaml_stream_dead_letters", "Events sent to the DLQ",
                                     registry=r)
+        self.dead_letter_failures = Counter(
+            "limaml_stream_dead_letter_failures",
+            "Rejected events whose dead letter could not be sent (logged; still in their source topic)",
+            registry=r)
         self.requests = Counter("limaml_stream_adapt_requests", "Adapt requests sent",
                                 ["reason"], registry=r)
         self.ingest_lag = Histogram("limaml_stream_ingest_lag_seconds",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -9,6 +10,9 @@ import numpy as np
 import pytest
 
 from limaml.adapters.events import (
+    MAX_DEAD_LETTER_KEY_BYTES,
+    MAX_DEAD_LETTER_RAW_BYTES,
+    MAX_DEAD_LETTER_REASON_CHARS,
     MAX_EVENT_BYTES,
     DeadLetter,
     InteractionEvent,
@@ -125,21 +129,47 @@ def test_the_size_limit_is_checked_before_parsing() -> None:
 
 def test_a_dead_letter_round_trips_arbitrary_bytes_losslessly() -> None:
     raw = bytes(range(256)) + b'{"label": NaN}'
-    letter = DeadLetter(raw=raw, reason="not UTF-8: invalid start byte at byte 128",
-                        topic="limaml.interactions", partition=3, offset=123_456_789_012, key=b"\x00m\xff",
-                        failed_at_ms=1_700_000_000_123)
+    letter = DeadLetter.of(raw, b"\x00m\xff", "not UTF-8: invalid start byte at byte 128",
+                           "limaml.interactions", 3, 123_456_789_012, failed_at_ms=1_700_000_000_123)
+    assert (letter.raw, letter.raw_size, letter.truncated) == (raw, len(raw), False)
+    assert letter.raw_sha256 == hashlib.sha256(raw).hexdigest()
     encoded = letter.to_json_bytes()
     assert json.loads(encoded)["reason"] == letter.reason  # plain JSON, readable by any consumer
+    assert json.loads(encoded)["truncated"] is False
     assert DeadLetter.from_json_bytes(encoded) == letter
-    keyless = DeadLetter(raw=b"", reason="null value", topic="t", partition=0, offset=0, key=None,
-                         failed_at_ms=1)
+    keyless = DeadLetter.of(None, None, "null value", "t", 0, 0, failed_at_ms=1)
+    assert (keyless.raw, keyless.raw_size, keyless.key) == (b"", 0, None)
     assert DeadLetter.from_json_bytes(keyless.to_json_bytes()) == keyless
 
 
-@pytest.mark.parametrize("data", [b"[]", b'{"raw": "AA=="}', b'{"raw": "!!", "reason": "r", "topic": "t", '
-                                  b'"partition": 0, "offset": 0, "key": null, "failed_at_ms": 1}',
-                                  b'{"raw": "", "reason": "r", "topic": "t", "partition": "0", "offset": 0, '
-                                  b'"key": null, "failed_at_ms": 1}', b"not json"])
+KAFKA_PRODUCER_LIMIT = 1_000_000  # message.max.bytes of Kafka's producers (aiokafka's max_request_size)
+
+
+def test_a_huge_rejected_message_becomes_a_bounded_dead_letter_with_its_size_and_hash() -> None:
+    raw = np.random.default_rng(0).bytes(800_000)  # a broker accepts it; base64 of it would not fit
+    key = b"k" * 50_000
+    reason = "unknown field(s) " + "x" * 200_000
+    letter = DeadLetter.of(raw, key, reason, "limaml.interactions", 1, 42, failed_at_ms=1)
+    assert letter.raw == raw[:MAX_DEAD_LETTER_RAW_BYTES] and letter.truncated
+    assert letter.raw_size == len(raw) and letter.raw_sha256 == hashlib.sha256(raw).hexdigest()
+    assert letter.key == key[:MAX_DEAD_LETTER_KEY_BYTES]
+    assert len(letter.reason) == MAX_DEAD_LETTER_REASON_CHARS and letter.reason.startswith("unknown field(s) xx")
+    encoded = letter.to_json_bytes()
+    assert len(encoded) + len(letter.key or b"") < KAFKA_PRODUCER_LIMIT // 4
+    assert json.loads(encoded)["truncated"] is True
+    assert DeadLetter.from_json_bytes(encoded) == letter
+    exact = raw[:MAX_DEAD_LETTER_RAW_BYTES]  # a value of exactly the limit is kept whole
+    assert not DeadLetter.of(exact, None, "r", "t", 0, 0, failed_at_ms=1).truncated
+
+
+@pytest.mark.parametrize("data", [b"[]", b'{"raw": "AA=="}', b'{"raw": "!!", "raw_size": 1, "raw_sha256": "h", '
+                                  b'"truncated": false, "reason": "r", "topic": "t", "partition": 0, '
+                                  b'"offset": 0, "key": null, "failed_at_ms": 1}',
+                                  b'{"raw": "", "raw_size": 0, "raw_sha256": "h", "truncated": false, "reason": "r", '
+                                  b'"topic": "t", "partition": "0", "offset": 0, "key": null, "failed_at_ms": 1}',
+                                  b'{"raw": "AA==", "raw_size": 1, "raw_sha256": "h", "truncated": true, "reason": '
+                                  b'"r", "topic": "t", "partition": 0, "offset": 0, "key": null, "failed_at_ms": 1}',
+                                  b"not json"])
 def test_from_json_bytes_refuses_what_is_not_a_dead_letter(data: bytes) -> None:
     with pytest.raises(ValueError, match="dead letter|Expecting value"):
         DeadLetter.from_json_bytes(data)

@@ -3,13 +3,19 @@ model; the refresh requester is the only stand-in (the Kafka path is in the inte
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import sqlite3
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
+import httpx2
 import numpy as np
 import pytest
 import torch
@@ -22,7 +28,8 @@ from limaml.featurestore.embeddings import EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import SQLITE_PATH, open_feature_store
-from limaml.processes import poll
+from conftest import require_component
+from limaml.processes import free_port, poll
 from limaml.serving.app import create_app
 from limaml.serving.config import ServeConfig
 from limaml.serving.scorer import VersionScorer
@@ -370,3 +377,125 @@ def test_an_unreachable_store_gives_503_with_the_reason(
         assert "no such table" in reply.json()["detail"]
         health = client.get("/healthz")
         assert health.status_code == 503 and health.json()["status"] == "unavailable"
+
+
+class RedisServer:
+    """A private redis-server started with deploy/redis.sh, which can be paused (SIGSTOP: it
+    holds every connection without answering), resumed, stopped and started again."""
+
+    SCRIPT = str(Path(__file__).resolve().parents[1] / "deploy/redis.sh")
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def _run(self, *args: str) -> None:
+        result = subprocess.run([self.SCRIPT, *args, "--data-dir", str(self.data_dir)], capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+
+    def start(self) -> None:
+        self._run("start", "--port", str(self.port))
+
+    def stop(self) -> None:
+        self._run("stop")
+
+    def signal(self, number: signal.Signals) -> None:
+        os.kill(int((self.data_dir / "redis.pid").read_text()), number)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    require_component("redis-server", shutil.which("redis-server") is not None,
+                      "install it (apt-get install redis-server) to test the service on a Redis store")
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    if (server.data_dir / "redis.pid").is_file():
+        server.signal(signal.SIGCONT)
+        server.stop()
+
+
+@pytest.fixture
+def redis_feast(tmp_path: Path, redis_server: RedisServer, dataset: InteractionLog) -> FeatureStoreConfig:
+    """A Redis online store with every member's profile, applied as the service will open it."""
+    config = FeatureStoreConfig(repo_dir=tmp_path / "feast", online_store=redis_server.url,
+                                profile_fields=",".join(sorted(dataset.member_features)))
+    write_member_profiles(open_feature_store(config), dataset)
+    return replace(config, profile_fields="")
+
+
+STORE_TIMEOUT_S = 1.0
+T = TypeVar("T")
+
+
+def timed_score(client: TestClient, member_id: str) -> tuple[httpx2.Response, float]:
+    started = time.monotonic()
+    reply = client.post("/v1/score", json={"member_id": member_id, "candidates": ["i1"]})
+    return reply, time.monotonic() - started
+
+
+def test_a_stalled_redis_gives_503_within_the_timeout_and_the_service_keeps_answering(
+        artifacts: Path, dataset: InteractionLog, requester: RecordingRequester, redis_server: RedisServer,
+        redis_feast: FeatureStoreConfig) -> None:
+    config = ServeConfig(artifacts_dir=artifacts, store_timeout_s=STORE_TIMEOUT_S, store_threads=2)
+    member = members(dataset)["cold"]
+    with TestClient(create_app(config, redis_feast, KafkaConfig(), requester)) as client, \
+            ThreadPoolExecutor(2) as background:
+        def within(seconds: float, call: Callable[[], T]) -> T:
+            """call() from another thread, failing (not hanging) if it takes longer."""
+            return background.submit(call).result(timeout=seconds)
+
+        assert score(client, member, candidates(dataset))["embedding"]["source"] == "prior"
+        before = samples(client)
+        redis_server.signal(signal.SIGSTOP)
+        try:
+            scoring = background.submit(timed_score, client, member)
+            # While that read hangs, the event loop serves /metrics (which shows the read) ...
+            poll(lambda: within(STORE_TIMEOUT_S, lambda: increases(before, samples(client)))
+                 .get("limaml_serve_store_reads_in_flight") == 1, 5, "/metrics to show the hanging read")
+            # ... and /healthz, which says the store did not answer.
+            health = within(STORE_TIMEOUT_S + 2, lambda: client.get("/healthz"))
+            assert health.status_code == 503 and health.json()["status"] == "unavailable"
+            assert f"did not answer within {STORE_TIMEOUT_S} s" in health.json()["feature_store"]
+            reply, elapsed = scoring.result(timeout=STORE_TIMEOUT_S + 2)
+            assert reply.status_code == 503, reply.text
+            assert reply.json() == {"detail": f"the online feature store did not answer within {STORE_TIMEOUT_S} s"}
+            assert STORE_TIMEOUT_S <= elapsed < STORE_TIMEOUT_S + 2
+            # Both threads still wait for Redis: no third is started, the answer is at once.
+            reply, elapsed = within(STORE_TIMEOUT_S + 2, lambda: timed_score(client, member))
+            assert reply.status_code == 503 and "all 2 store reads are still waiting" in reply.json()["detail"]
+            assert elapsed < STORE_TIMEOUT_S / 2
+            counted = increases(before, samples(client))
+            assert counted["limaml_serve_store_timeouts_total"] == 2  # the score and the health check
+            assert counted["limaml_serve_store_busy_total"] == 1
+            assert counted['limaml_serve_requests_total{status="503"}'] == 2
+            assert counted["limaml_serve_store_reads_in_flight"] == 2
+        finally:
+            redis_server.signal(signal.SIGCONT)
+        # Redis answers the waiting reads, which free their threads: the service recovers.
+        poll(lambda: timed_score(client, member)[0].status_code == 200, 10, "scoring to recover")
+        assert client.get("/healthz").status_code == 200
+        assert "limaml_serve_store_reads_in_flight" not in increases(before, samples(client))
+
+
+def test_a_redis_down_at_startup_gives_503_until_it_is_up(
+        artifacts: Path, dataset: InteractionLog, requester: RecordingRequester, redis_server: RedisServer,
+        redis_feast: FeatureStoreConfig) -> None:
+    redis_server.stop()
+    config = ServeConfig(artifacts_dir=artifacts, store_timeout_s=STORE_TIMEOUT_S)
+    member = members(dataset)["cold"]
+    with TestClient(create_app(config, redis_feast, KafkaConfig(), requester)) as client:
+        health = client.get("/healthz")
+        assert health.status_code == 503 and health.json()["status"] == "unavailable"
+        # redis-py retries a refused connection with backoff: refused or timed out, the
+        # answer comes within the timeout.
+        reply, elapsed = timed_score(client, member)
+        assert reply.status_code == 503 and "online feature store did not answer" in reply.json()["detail"]
+        assert elapsed < STORE_TIMEOUT_S + 1
+        redis_server.start()
+        body = poll(lambda: (reply := timed_score(client, member)[0]).status_code == 200 and reply.json(),
+                    10, "scoring to work once Redis is up")
+        assert client.get("/healthz").status_code == 200
+    assert body["member_id"] == member and body["embedding"]["source"] == "prior"

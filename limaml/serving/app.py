@@ -1,5 +1,5 @@
-"""The FastAPI app: routers, the lifespan that opens the model, the feature store and the
-Kafka producer, the model poller, and the one place domain errors become responses."""
+"""The FastAPI app: routers, the lifespan that opens the model, the feature store, its read
+pool and the Kafka producer, the model poller, and the one place domain errors become responses."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from limaml.serving.active import ActiveVersion
 from limaml.serving.config import ServeConfig
 from limaml.serving.errors import ServingError
 from limaml.serving.metrics import RequestMetrics, ServeMetrics
+from limaml.serving.store_reads import StoreReads
 from limaml.serving.throttle import RefreshThrottle, Requester
 from limaml.topics import KafkaConfig
 
@@ -62,6 +63,8 @@ def create_app(config: ServeConfig, feast: FeatureStoreConfig, kafka: KafkaConfi
             sender = owned = RefreshRequester(kafka)
         app.state.active = active
         app.state.throttle = RefreshThrottle(sender, config.refresh_interval_s, config.refresh_max_members)
+        app.state.store_reads = store_reads = StoreReads(config.store_threads, config.store_timeout_s,
+                                                         metrics)
         poller = asyncio.create_task(poll_active_model(active, config.model_poll_s))
         log.info("serving model %s from %s", active.current.version, config.artifacts_dir)
         try:
@@ -70,6 +73,7 @@ def create_app(config: ServeConfig, feast: FeatureStoreConfig, kafka: KafkaConfi
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
+            store_reads.close()
             if owned is not None:
                 await asyncio.to_thread(owned.close)  # deliver the queued requests
 

@@ -15,6 +15,8 @@ class ServeConfig:
     max_candidates: int = 1000  # most candidate items one request may rank
     refresh_interval_s: float = 30.0  # at most one re-adaptation request per member this often
     refresh_max_members: int = 100_000  # members the refresh rate limit remembers (bounds its memory)
+    store_timeout_s: float = 0.5  # longest wait for an online-store read before answering 503
+    store_threads: int = 8  # online-store reads in flight at most, timed-out ones included
     torch_threads: int = 1  # CPU threads of torch (1: no OpenMP spin contention on shared cores)
     shutdown_timeout_s: int = 10  # longest wait for open requests on SIGTERM
 
@@ -23,5 +25,7 @@ class ServeConfig:
             raise ValueError(f"max_candidates must be at least 1, got {self.max_candidates}")
         if self.model_poll_s <= 0 or self.refresh_interval_s < 0:
             raise ValueError("model_poll_s must be > 0 and refresh_interval_s >= 0")
-        if self.refresh_max_members < 1 or self.torch_threads < 1:
-            raise ValueError("refresh_max_members and torch_threads must be at least 1")
+        if self.refresh_max_members < 1 or self.torch_threads < 1 or self.store_threads < 1:
+            raise ValueError("refresh_max_members, torch_threads and store_threads must be at least 1")
+        if self.store_timeout_s <= 0:
+            raise ValueError(f"store_timeout_s must be > 0, got {self.store_timeout_s}")

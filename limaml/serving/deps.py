@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 from limaml.serving.active import ActiveVersion
 from limaml.serving.config import ServeConfig
 from limaml.serving.metrics import ServeMetrics
+from limaml.serving.store_reads import StoreReads
 from limaml.serving.throttle import RefreshThrottle
 
 
@@ -31,7 +32,12 @@ async def get_throttle(request: Request) -> RefreshThrottle:
     return request.app.state.throttle
 
 
+async def get_store_reads(request: Request) -> StoreReads:
+    return request.app.state.store_reads
+
+
 ConfigDep = Annotated[ServeConfig, Depends(get_config)]
 MetricsDep = Annotated[ServeMetrics, Depends(get_metrics)]
 ActiveDep = Annotated[ActiveVersion, Depends(get_active)]
 ThrottleDep = Annotated[RefreshThrottle, Depends(get_throttle)]
+StoreReadsDep = Annotated[StoreReads, Depends(get_store_reads)]

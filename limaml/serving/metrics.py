@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -40,6 +40,16 @@ class ServeMetrics:
         self.refresh_throttled = Counter("limaml_serve_refresh_throttled",
                                          "Re-adaptation requests not sent: one was sent recently",
                                          registry=r)
+        self.store_timeouts = Counter("limaml_serve_store_timeouts",
+                                      "Online-store reads given up on after store_timeout_s (503)",
+                                      registry=r)
+        self.store_reads_in_flight = Gauge(
+            "limaml_serve_store_reads_in_flight",
+            "Online-store reads running in the store-read pool, given-up ones still waiting included",
+            registry=r)
+        self.store_busy = Counter("limaml_serve_store_busy",
+                                  "Requests answered 503 at once: every store-read thread was still "
+                                  "waiting for the store", registry=r)
         self.unknown_items = Counter("limaml_serve_unknown_items",
                                      "Candidates outside the model's item vocabulary", registry=r)
 

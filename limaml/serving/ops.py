@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from limaml.serving.deps import ActiveDep, MetricsDep
+from limaml.serving.deps import ActiveDep, MetricsDep, StoreReadsDep
 from limaml.serving.errors import FeatureStoreUnavailable
 from limaml.serving.schemas import Health
 
@@ -16,11 +16,12 @@ PROBE_MEMBER = "limaml-serve-healthz"  # the member /healthz reads; absent rows 
 
 @router.get("/healthz", response_model=Health,
             responses={503: {"model": Health, "description": "the online store did not answer"}})
-async def healthz(active: ActiveDep, response: Response) -> Health:
-    """The served model version, and whether the online store answers a read."""
+async def healthz(active: ActiveDep, store_reads: StoreReadsDep, response: Response) -> Health:
+    """The served model version, and whether the online store answers a read (in the time
+    and the thread pool a scoring request has)."""
     served = active.current
     try:
-        served.lookup.read(PROBE_MEMBER)
+        await store_reads.read(served.lookup, PROBE_MEMBER)
         store = "ok"
     except FeatureStoreUnavailable as error:
         store = str(error)
