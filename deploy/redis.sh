@@ -10,7 +10,8 @@
 #
 # `install` does nothing when redis-server is on PATH; otherwise it installs Debian's
 # redis-server package with apt-get (as root, or through sudo), `make test` runs it.
-# `start` prints one line on stdout, REDIS_URL=redis://127.0.0.1:PORT/0, so
+# `start` prints one line on stdout, REDIS_URL=redis://127.0.0.1:PORT/0 (rediss:// with TLS;
+# never the password), so
 #   export "$(deploy/redis.sh start)"
 # sets a URL for FeatureStoreConfig.online_store. Everything else goes to stderr.
 #
@@ -19,8 +20,10 @@
 #   redis.pid    pid of the running server
 #   redis.log    the server's log
 #   appendonly*  the append-only file, when persistence is on
+#   secrets.conf the password, when one is required (mode 0600, off the command line)
 #
-# Loopback only, protected mode on, no password: a development server, not a deployment.
+# Loopback only, protected mode on, no password unless LIMAML_REDIS_PASSWORD is set: a
+# development server, not a deployment.
 #
 # Environment knobs (all optional):
 #   LIMAML_REDIS_DIR            data dir                            (default $PWD/.cache/redis)
@@ -29,6 +32,10 @@
 #   LIMAML_REDIS_MAXMEMORY      maxmemory, e.g. 2gb                 (default 0 = no limit)
 #   LIMAML_REDIS_START_TIMEOUT  seconds to wait for readiness       (default 20)
 #   LIMAML_REDIS_STOP_TIMEOUT   seconds to wait after SIGTERM before SIGKILL (default 20)
+#   LIMAML_REDIS_PASSWORD       password clients must give (requirepass)  (default none)
+#   LIMAML_REDIS_TLS_CERT       PEM certificate: serve TLS only on PORT   (default plain TCP)
+#   LIMAML_REDIS_TLS_KEY        PEM private key of that certificate
+# status and stop read the same variables (PING authenticates with the password).
 set -euo pipefail
 
 HOST=127.0.0.1
@@ -73,14 +80,48 @@ server_pid() {
     fi
 }
 
-# PING over the RESP protocol; a ready server (data loaded) answers +PONG.
+# PING over the RESP protocol (after AUTH when a password is set; through redis-cli with
+# TLS); a ready server (data loaded) answers PONG.
 ping_ok() {
-    local reply
+    local reply password=${LIMAML_REDIS_PASSWORD:-}
+    if [[ -n ${LIMAML_REDIS_TLS_CERT:-} ]]; then  # a readiness check: the certificate is not verified
+        reply=$(REDISCLI_AUTH=$password timeout 2 redis-cli --tls --insecure -h "$HOST" -p "$1" ping 2>/dev/null) || true
+        [[ $reply == PONG ]]
+        return
+    fi
     { exec 8<>"/dev/tcp/$HOST/$1"; } 2>/dev/null || return 1
+    if [[ -n $password ]]; then  # a RESP array: the password may hold spaces
+        printf '*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n' "$(LC_ALL=C; echo ${#password})" "$password" >&8 2>/dev/null \
+            || { exec 8<&-; return 1; }
+        reply=$(timeout 1 head -c 5 <&8) || true
+        [[ $reply == "+OK"* ]] || { exec 8<&-; return 1; }
+    fi
     printf 'PING\r\n' >&8 2>/dev/null || { exec 8<&-; return 1; }
     reply=$(timeout 1 head -c 5 <&8) || true
     exec 8<&-
     [[ $reply == "+PONG" ]]
+}
+
+# Server options of the password and TLS knobs; the password goes to a file only its owner reads.
+security_options() {
+    local secrets=$DATA_DIR/secrets.conf password=${LIMAML_REDIS_PASSWORD:-}
+    (umask 077 && : >"$secrets")
+    if [[ -n $password ]]; then
+        [[ $password != *$'\n'* ]] || die "LIMAML_REDIS_PASSWORD must be one line"
+        password=${password//\\/\\\\}
+        printf 'requirepass "%s"\n' "${password//\"/\\\"}" >"$secrets"
+    fi
+    SECURITY=("$secrets")  # a config file comes first on redis-server's command line
+    if [[ -n ${LIMAML_REDIS_TLS_CERT:-} ]]; then
+        [[ -n ${LIMAML_REDIS_TLS_KEY:-} ]] || die "LIMAML_REDIS_TLS_CERT needs LIMAML_REDIS_TLS_KEY"
+        command -v redis-cli >/dev/null 2>&1 || die "TLS needs redis-cli (Debian's redis-tools) for the readiness check"
+        SECURITY+=(--port 0 --tls-port "$PORT" --tls-cert-file "$LIMAML_REDIS_TLS_CERT"
+                   --tls-key-file "$LIMAML_REDIS_TLS_KEY" --tls-auth-clients no)
+        SCHEME=rediss
+    else
+        SECURITY+=(--port "$PORT")
+        SCHEME=redis
+    fi
 }
 
 port_in_use() { (exec 8<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
@@ -108,6 +149,7 @@ cmd_start() {
     command -v "$REDIS_SERVER" >/dev/null 2>&1 || die "redis-server not found on PATH (apt-get install redis-server)"
     mkdir -p "$DATA_DIR"
     DATA_DIR=$(cd "$DATA_DIR" && pwd)
+    security_options
     local pid
     pid=$(server_pid)
     if [[ -n $pid ]]; then
@@ -118,7 +160,7 @@ cmd_start() {
         port_in_use "$PORT" && die "port $PORT is in use by another process"
         echo "$PORT" >"$DATA_DIR/redis.port"
         log "starting redis-server on $HOST:$PORT in $DATA_DIR"
-        "$REDIS_SERVER" --bind "$HOST" --port "$PORT" --protected-mode yes \
+        "$REDIS_SERVER" "${SECURITY[@]}" --bind "$HOST" --protected-mode yes \
             --daemonize yes --pidfile "$DATA_DIR/redis.pid" --logfile "$DATA_DIR/redis.log" \
             --dir "$DATA_DIR" --save "" --appendonly "${LIMAML_REDIS_APPENDONLY:-yes}" \
             --maxmemory "${LIMAML_REDIS_MAXMEMORY:-0}" \
@@ -133,7 +175,7 @@ cmd_start() {
         fi
         sleep 0.1
     done
-    echo "REDIS_URL=redis://$HOST:$PORT/0"
+    echo "REDIS_URL=$SCHEME://$HOST:$PORT/0"
 }
 
 cmd_stop() {
@@ -160,7 +202,7 @@ cmd_status() {
     [[ -n $pid ]] || { echo "stopped ($DATA_DIR)"; exit 3; }
     port=$(saved_port)
     if ping_ok "$port"; then
-        echo "running, pid $pid, REDIS_URL=redis://$HOST:$port/0"
+        echo "running, pid $pid, REDIS_URL=redis${LIMAML_REDIS_TLS_CERT:+s}://$HOST:$port/0"
     else
         echo "running, pid $pid, $HOST:$port not answering"
         exit 1

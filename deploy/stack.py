@@ -44,7 +44,7 @@ from limaml.adapters.replay import ReplayConfig
 
 from limaml.data import InteractionLog
 from limaml.processes import poll
-from limaml.settings import ConfigError
+from limaml.settings import ConfigError, Section, resolve
 from limaml.topics import KafkaConfig, TopicNames, ensure_topics
 
 from .live_view import MODES, LiveView, StackInfo, many, summary
@@ -270,7 +270,7 @@ class Stack:
     # ----------------------------------------------------------------- bring-up
     def _bring_up(self, dataset: InteractionLog) -> None:
         from limaml.featurestore.profiles import write_member_profiles
-        from limaml.featurestore.config import FeatureStoreConfig
+        from limaml.featurestore.config import PASSWORD_FIELDS, SETTINGS, FeatureStoreConfig
         from limaml.featurestore.store import open_feature_store
 
         config = self.config
@@ -291,24 +291,32 @@ class Stack:
                             partitions=config.partitions)
         ensure_topics(kafka)
         fields = ",".join(sorted(dataset.member_features))
+        configured = resolve((Section.of("feast", FeatureStoreConfig, SETTINGS),), self.config_file, None)["feast"]
+        password = {name: configured[name] for name in PASSWORD_FIELDS}  # from where the workers read it
         feast = FeatureStoreConfig(repo_dir=self.work / "feast", online_store=config.online_store,
-                                   profile_fields=fields)
+                                   profile_fields=fields, **password)
         profiles = write_member_profiles(open_feature_store(feast), dataset)
-        log.info("Feast store %s (%s): %s member profiles", feast.repo_dir, config.online_store, f"{profiles:,}")
+        log.info("Feast store %s (%s): %s member profiles", feast.repo_dir, feast.shown_online_store,
+                 f"{profiles:,}")
 
         kafka_args = ["--bootstrap", self.bootstrap, "--topic-prefix", config.topic_prefix,
                       "--partitions", str(config.partitions)]
         kafka_args += ["--config", str(self.config_file)] if self.config_file else []
         feast_args = ["--repo-dir", str(feast.repo_dir), "--online-store", config.online_store]
         artifacts = str(config.artifacts_dir.resolve())
+        # The view scrapes the workers' pages over plain HTTP without a token: a configured
+        # token or certificate is not applied to this local stack.
+        open_pages = ["--web-api-token", "", "--web-api-token-file", ""]
+        open_service = ["--api-token", "", "--api-token-file", "", "--ssl-certfile", "", "--ssl-keyfile", ""]
         commands = {
             "stream": (["stream", "--data-dir", str(self.work / "stream"), "--web-port", str(config.stream_port),
                         "--max-staleness-s", str(config.max_staleness_s),
-                        "--check-interval-s", str(CHECK_INTERVAL_S)], config.stream_port),
+                        "--check-interval-s", str(CHECK_INTERVAL_S), *open_pages], config.stream_port),
             "adapt": (["adapt", "--data-dir", str(self.work / "adapt"), "--web-port", str(config.adapt_port),
-                       "--artifacts-dir", artifacts, "--device", config.device, *feast_args], config.adapt_port),
+                       "--artifacts-dir", artifacts, "--device", config.device, *feast_args, *open_pages],
+                      config.adapt_port),
             "serve": (["serve", "--host", config.host, "--port", str(config.serve_port),
-                       "--artifacts-dir", artifacts, *feast_args], config.serve_port),
+                       "--artifacts-dir", artifacts, *feast_args, *open_service], config.serve_port),
         }
         started = time.monotonic()
         for name, (args, port) in commands.items():

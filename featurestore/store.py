@@ -22,6 +22,7 @@ import sqlite3
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -32,7 +33,8 @@ import pyarrow.parquet as pq
 from feast import Entity, FeatureStore, FeatureView, FileSource, PushSource
 from feast.type_map import feast_value_type_to_pa
 
-from limaml.featurestore.config import FeatureStoreConfig
+from limaml.featurestore.config import FeatureStoreConfig, without_password
+from limaml.settings import read_secret
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,9 @@ REGISTRY_PATH = "data/registry.db"
 SQLITE_PATH = "data/online_store.db"
 EVENT_TIMESTAMP = "event_timestamp"  # the timestamp_field of every source in definitions.py
 _FEAST_OBJECTS = (Entity, FeatureView, FileSource, PushSource)
+REDIS_TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+"""The query options a rediss:// URL may carry (redis-py's names): a private CA, a client
+certificate and key, and whether the server's certificate is checked ("required", the default)."""
 
 
 def open_feature_store(config: FeatureStoreConfig) -> FeatureStore:
@@ -54,9 +59,15 @@ def open_feature_store(config: FeatureStoreConfig) -> FeatureStore:
         texts = {name: (DECLARATIONS_DIR / name).read_text() for name in COPIED_FILES}
         texts[PROFILE_FIELDS_FILE] = _profile_fields_json(config.profile_fields)
         texts["feature_store.yaml"] = render_feature_store_yaml(config)
+        settings_file = repo / "feature_store.yaml"  # it may hold the Redis password: its owner's only
+        settings_file.touch(mode=0o600)
+        settings_file.chmod(0o600)
         for name, text in texts.items():
             _write_if_changed(repo / name, text)
-        fingerprint = hashlib.sha256(json.dumps([feast.__version__, texts]).encode()).hexdigest()
+        # Without a password given apart: changing it (a rotation) needs no new apply.
+        applied_texts = texts | {"feature_store.yaml": render_feature_store_yaml(
+            replace(config, redis_password="", redis_password_file=""))}
+        fingerprint = hashlib.sha256(json.dumps([feast.__version__, applied_texts]).encode()).hexdigest()
         fingerprint_path = repo / FINGERPRINT_FILE
         store = FeatureStore(repo_path=str(repo))
         applied = [fingerprint_path, repo / REGISTRY_PATH]
@@ -72,7 +83,7 @@ def open_feature_store(config: FeatureStoreConfig) -> FeatureStore:
         if config.online_store == "sqlite":
             _use_write_ahead_log(repo / SQLITE_PATH)
         fingerprint_path.write_text(fingerprint)
-        logger.info("applied the Feast repo in %s (online store %s)", repo, config.online_store)
+        logger.info("applied the Feast repo in %s (online store %s)", repo, config.shown_online_store)
         return store
 
 
@@ -81,9 +92,10 @@ def render_feature_store_yaml(config: FeatureStoreConfig) -> str:
     if config.online_store == "sqlite":
         online = {"type": "sqlite", "path": SQLITE_PATH}
     elif config.online_store.startswith(("redis://", "rediss://")):
-        online = {"type": "redis", "connection_string": redis_connection_string(config.online_store)}
+        password = read_secret(config.redis_password, config.redis_password_file, "redis_password")
+        online = {"type": "redis", "connection_string": redis_connection_string(config.online_store, password)}
     else:
-        raise ValueError(f"online_store must be 'sqlite' or a redis:// URL, got {config.online_store!r}")
+        raise ValueError(f"online_store must be 'sqlite' or a redis:// URL, got {config.shown_online_store!r}")
     lines = [
         "# Rendered by limaml.featurestore.store.open_feature_store; edits are overwritten.",
         f"project: {json.dumps(config.project)}",
@@ -100,23 +112,38 @@ def render_feature_store_yaml(config: FeatureStoreConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def redis_connection_string(url: str) -> str:
-    """A redis[s]://[[user]:password@]host[:port][/db] URL in Feast's `host:port,db=N,...` form."""
+def redis_connection_string(url: str, password: str = "") -> str:
+    """A redis[s]://[[user]:password@]host[:port][/db][?ssl_option=value&...] URL (redis-py's
+    form; the password may instead come apart) in Feast's `host:port,db=N,...` form. Feast
+    hands these keys to redis-py's client; string values are written as JSON strings, which
+    Feast reads back as such (a bare 123 or true would become a number or a boolean)."""
+    shown = without_password(url)
     parts = urllib.parse.urlsplit(url)
     if not parts.hostname:
-        raise ValueError(f"Redis URL {url!r} has no host")
+        raise ValueError(f"Redis URL {shown!r} has no host")
     db = parts.path.strip("/") or "0"
     if not db.isdigit():
-        raise ValueError(f"Redis URL {url!r}: the path must be a database number, got {db!r}")
-    params = [f"{parts.hostname}:{parts.port or 6379}", f"db={db}"]
+        raise ValueError(f"Redis URL {shown!r}: the path must be a database number, got {db!r}")
+    if parts.password and password:
+        raise ValueError(f"Redis URL {shown!r} holds a password and redis_password gives another: give one")
+    values: dict[str, str] = {}
     if parts.username:
-        params.append(f"username={urllib.parse.unquote(parts.username)}")
-    if parts.password:
-        params.append(f"password={urllib.parse.unquote(parts.password)}")
+        values["username"] = urllib.parse.unquote(parts.username)
+    if parts.password or password:
+        values["password"] = urllib.parse.unquote(parts.password) if parts.password else password
+    for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if name not in REDIS_TLS_OPTIONS:
+            raise ValueError(f"Redis URL {shown!r}: unknown option {name!r}; known: {', '.join(REDIS_TLS_OPTIONS)}")
+        if parts.scheme != "rediss":
+            raise ValueError(f"Redis URL {shown!r}: {name} needs a rediss:// URL")
+        values[name] = value
+    if any(mark in value for value in values.values() for mark in ",$"):
+        # Feast splits its connection string at ',' and expands $VARIABLES in feature_store.yaml.
+        raise ValueError(f"Redis URL {shown!r}: Feast's connection string cannot hold a ',' or a '$'")
+    params = [f"{parts.hostname}:{parts.port or 6379}", f"db={db}"]
+    params += [f"{name}={json.dumps(value)}" for name, value in values.items()]
     if parts.scheme == "rediss":
         params.append("ssl=true")
-    if any("," in param for param in params):
-        raise ValueError(f"Redis URL {url!r}: Feast's connection string cannot hold a ','")
     return ",".join(params)
 
 

@@ -17,7 +17,7 @@ from limaml.config import MODEL_TUNABLES, ModelConfig
 from limaml.deploy.stack import DEMO_DEFAULTS, StackConfig
 from limaml.evaluation.config import (EVAL_TRAIN_FIELDS, QUICK, AblationConfig,
                                       BaselineConfig, EvalConfig, with_defaults)
-from limaml.featurestore.config import FeatureStoreConfig
+from limaml.featurestore.config import SETTINGS, FeatureStoreConfig
 from limaml.serving.config import ServeConfig
 from limaml.settings import ConfigError, Section, add_arguments, resolve
 from limaml.stream.config import AdaptConfig, StreamConfig
@@ -28,7 +28,7 @@ log = logging.getLogger("limaml")
 
 TRAIN_SECTIONS = (Section.of("train", TrainConfig), Section.of("model", ModelConfig, MODEL_TUNABLES))
 REPLAY_SECTIONS = (Section.of("kafka", KafkaConfig), Section.of("replay", replay.ReplayConfig))
-FEAST_SECTION = Section.of("feast", FeatureStoreConfig, ("repo_dir", "online_store", "project"))
+FEAST_SECTION = Section.of("feast", FeatureStoreConfig, SETTINGS)
 PROFILE_SECTIONS = (FEAST_SECTION,)
 WORKER_SECTIONS = {"stream": (Section.of("kafka", KafkaConfig), Section.of("stream", StreamConfig)),
                    "adapt": (Section.of("kafka", KafkaConfig), Section.of("adapt", AdaptConfig), FEAST_SECTION)}
@@ -133,7 +133,7 @@ def run_profiles(args: argparse.Namespace) -> int:
         "profile_fields": ",".join(sorted(log_data.member_features))})
     written = write_member_profiles(open_feature_store(config), log_data)
     emit({"dataset": log_data.name, "profiles": written, "repo_dir": str(config.repo_dir),
-          "online_store": config.online_store})
+          "online_store": config.shown_online_store})
     return 0
 
 

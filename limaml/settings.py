@@ -144,6 +144,25 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
 
 
+def read_secret(value: str, file: str, name: str) -> str:
+    """A secret given directly (option `name`: in the TOML file, the environment or on the
+    command line) or in a file (option `name`_file, read now: a mounted Docker or Kubernetes
+    secret, say); "" when neither is given. No error message shows the secret."""
+    if value and file:
+        raise ConfigError(f"give {name} or {name}_file, not both")
+    if not file:
+        return value
+    try:
+        secret = Path(file).read_text().strip()
+    except OSError as error:
+        raise ConfigError(f"{name}_file {file}: cannot read it ({error.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}_file {file} is not UTF-8 text") from None
+    if not secret:
+        raise ConfigError(f"{name}_file {file} is empty")
+    return secret
+
+
 def _show(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(map(str, value))

@@ -35,6 +35,7 @@ from limaml.stream.config import AdaptConfig
 from limaml.stream.faust_client import create_faust_app
 from limaml.stream.metrics import AdaptMetrics
 from limaml.stream.records import AdaptAnswer, AdaptRequest, MetaEmbedding, RefreshRequest
+from limaml.stream.web_auth import web_application_options
 from limaml.topics import KafkaConfig, TopicNames
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
         web_bind=config.web_bind,
         web_port=config.web_port,
         web_host=config.web_bind,
+        web_application_options=web_application_options(config.web_token()),
     )
     requests_topic = app.topic(names.adapt_requests, key_type=str, value_type=AdaptRequest,
                                key_serializer="raw")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from limaml.bearer import load_bearer_token
 
 
 @dataclass(frozen=True)
@@ -16,8 +18,14 @@ class StreamConfig:
     data_dir: Path = Path(".cache/stream")  # RocksDB tables and worker state
     web_port: int = 6066  # HTTP port of /metrics and /members/<id>/
     web_bind: str = "127.0.0.1"  # interface of that port (loopback unless exposed on purpose)
+    web_api_token: str = field(default="", repr=False)  # bearer token the HTTP pages require ("": open); never logged
+    web_api_token_file: str = ""  # file holding web_api_token, read at start (a mounted secret)
     rocksdb_cache_mb: int = 32  # RocksDB block cache per table partition
     max_event_bytes: int = 65536  # larger events go to the dead-letter topic
+
+    def web_token(self) -> str | None:
+        """The token the HTTP pages require, None when they are open; the file is read now."""
+        return load_bearer_token(self.web_api_token, self.web_api_token_file, "web_api_token")
 
 
 @dataclass(frozen=True)
@@ -32,3 +40,9 @@ class AdaptConfig:
     data_dir: Path = Path(".cache/adapt")  # worker state
     web_port: int = 6067  # HTTP port of /metrics
     web_bind: str = "127.0.0.1"  # interface of that port
+    web_api_token: str = field(default="", repr=False)  # bearer token the HTTP pages require ("": open); never logged
+    web_api_token_file: str = ""  # file holding web_api_token, read at start (a mounted secret)
+
+    def web_token(self) -> str | None:
+        """The token the HTTP pages require, None when they are open; the file is read now."""
+        return load_bearer_token(self.web_api_token, self.web_api_token_file, "web_api_token")

@@ -35,6 +35,7 @@ from limaml.stream.policy import (Example, TriggerPolicy, apply_event, due_reaso
                                   next_check)
 from limaml.stream.records import (AdaptAnswer, AdaptRequest, RefreshRequest, SentRequest,
                                    SupportSet)
+from limaml.stream.web_auth import web_application_options
 from limaml.topics import KafkaConfig, TopicNames, member_partition
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
         web_bind=config.web_bind,
         web_port=config.web_port,
         web_host=config.web_bind,
+        web_application_options=web_application_options(config.web_token()),
     )
     drain_changelog_writes_before_commits(app)
     interactions = app.topic(names.interactions, key_type=bytes, value_type=bytes,

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import replace
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
+from certificates import make_certificates
 from conftest import require_component
 from feast import FeatureStore
 
@@ -261,16 +263,100 @@ def test_the_rendered_repo_works_with_the_feast_cli(tmp_path: Path) -> None:
 def test_online_store_settings() -> None:
     assert redis_connection_string("redis://127.0.0.1:6379/0") == "127.0.0.1:6379,db=0"
     assert redis_connection_string("rediss://user:p%40ss@cache:6380/2") == \
-        "cache:6380,db=2,username=user,password=p@ss,ssl=true"
+        'cache:6380,db=2,username="user",password="p@ss",ssl=true'
     assert redis_connection_string("redis://cache") == "cache:6379,db=0"
-    for url in ("redis:///0", "redis://cache/x"):
-        with pytest.raises(ValueError):
-            redis_connection_string(url)
+    # A password given apart; JSON strings, so that Feast does not read "123" as a number.
+    assert redis_connection_string("rediss://cache/1?ssl_ca_certs=/ca.pem", "123") == \
+        'cache:6379,db=1,password="123",ssl_ca_certs="/ca.pem",ssl=true'
+    for url, password, message in (("redis:///0", "", "no host"), ("redis://cache/x", "", "database number"),
+                                    ("redis://:in-url@cache/0", "apart", "give one"),
+                                    ("redis://cache/0?ssl_ca_certs=/ca.pem", "", "needs a rediss://"),
+                                    ("rediss://cache/0?timeout=1", "", "unknown option 'timeout'"),
+                                    ("redis://:a,b@cache/0", "", "cannot hold a ','"),
+                                    ("redis://cache/0", "p$HOME", "cannot hold a ',' or a '\\$'")):
+        with pytest.raises(ValueError, match=message) as raised:
+            redis_connection_string(url, password)
+        assert "in-url" not in str(raised.value) and "a,b" not in str(raised.value)
     with pytest.raises(ValueError, match="sqlite"):
         render_feature_store_yaml(FeatureStoreConfig(online_store="postgres://db"))
+    # What logs, reports and reprs show of a URL with a password.
+    with_password = FeatureStoreConfig(online_store="rediss://user:p%40ss@cache:6380/2?ssl_ca_certs=/ca.pem")
+    assert with_password.shown_online_store == "rediss://user:***@cache:6380/2?ssl_ca_certs=/ca.pem"
+    assert "p%40ss" not in repr(with_password) and "***" in repr(with_password)
+    assert FeatureStoreConfig(online_store="redis://cache/0").shown_online_store == "redis://cache/0"
 
 
 def test_the_sqlite_online_store_uses_a_write_ahead_log(tmp_path: Path) -> None:
     open_feature_store(FeatureStoreConfig(repo_dir=tmp_path))
     with closing(sqlite3.connect(tmp_path / "data" / "online_store.db")) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+PASSWORD = "s3cret pass\"word"  # a space and a quote: quoted right all the way to Redis
+
+
+def start_redis(data_dir: Path, **env: str) -> str:
+    """A private redis-server started by deploy/redis.sh with the LIMAML_REDIS_* `env`; its URL."""
+    require_component("redis-server", shutil.which("redis-server") is not None,
+                      "run `deploy/redis.sh install` (Debian's redis-server) or `brew install redis`")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = subprocess.run([str(ROOT / "deploy/redis.sh"), "start", "--data-dir", str(data_dir),
+                              "--port", str(port)], env={**os.environ, "LIMAML_REDIS_APPENDONLY": "no", **env},
+                             capture_output=True, text=True, timeout=60)
+    assert started.returncode == 0, started.stderr
+    return started.stdout.strip().removeprefix("REDIS_URL=")
+
+
+@pytest.fixture
+def redis_with_password(tmp_path: Path) -> Iterator[str]:
+    data_dir = tmp_path / "redis"
+    yield start_redis(data_dir, LIMAML_REDIS_PASSWORD=PASSWORD)
+    subprocess.run([str(ROOT / "deploy/redis.sh"), "stop", "--data-dir", str(data_dir)], capture_output=True,
+                   timeout=60, check=True)
+
+
+def round_trip(config: FeatureStoreConfig, member: str = "m") -> None:
+    """An embedding of `member` written and read back."""
+    store = open_feature_store(config)
+    assert len(EmbeddingWriter(store, DIM).write([embedding(member, seq=3)])) == 1
+    got = EmbeddingReader(store).read([member])[member]
+    assert got is not None and got.seq == 3
+
+
+def test_a_redis_with_a_password_takes_the_right_one_and_refuses_a_wrong_one(
+        tmp_path: Path, redis_with_password: str) -> None:
+    repo = tmp_path / "feast"  # one working dir: a password given apart is not part of what is applied
+    config = FeatureStoreConfig(repo_dir=repo, online_store=redis_with_password, profile_fields=SYNTHETIC_FIELDS)
+    repo.mkdir()
+    (repo / "feature_store.yaml").write_text("# left by an earlier version, readable by all\n")
+    (repo / "feature_store.yaml").chmod(0o644)
+    round_trip(replace(config, redis_password=PASSWORD))
+    assert (repo / "feature_store.yaml").stat().st_mode & 0o777 == 0o600  # it holds the password
+    assert PASSWORD not in repr(replace(config, redis_password=PASSWORD))
+    secret_file = tmp_path / "redis-password"
+    secret_file.write_text(PASSWORD + "\n")  # as `echo` writes it
+    round_trip(replace(config, redis_password_file=str(secret_file)), member="m2")
+
+    # (redis-py retries a refused connection for about 5 s before it gives up)
+    with pytest.raises(redis.exceptions.AuthenticationError, match="invalid username-password pair") as refused:
+        round_trip(replace(config, redis_password="not-" + PASSWORD))
+    assert PASSWORD not in str(refused.value)
+
+
+def test_a_rediss_url_checks_the_server_against_the_given_ca(tmp_path: Path) -> None:
+    certificates = make_certificates(tmp_path / "tls")
+    data_dir = tmp_path / "redis"
+    url = start_redis(data_dir, LIMAML_REDIS_PASSWORD=PASSWORD, LIMAML_REDIS_TLS_CERT=str(certificates.cert),
+                      LIMAML_REDIS_TLS_KEY=str(certificates.key))
+    try:
+        assert url.startswith("rediss://127.0.0.1:")
+        base = FeatureStoreConfig(online_store=url, profile_fields=SYNTHETIC_FIELDS, redis_password=PASSWORD)
+        round_trip(replace(base, repo_dir=tmp_path / "trusted", online_store=f"{url}?ssl_ca_certs={certificates.ca}"))
+        # A server whose certificate no trusted CA signed is refused (after redis-py's retries).
+        with pytest.raises(redis.exceptions.ConnectionError, match="certificate verify failed"):
+            round_trip(replace(base, repo_dir=tmp_path / "untrusted"))
+    finally:
+        subprocess.run([str(ROOT / "deploy/redis.sh"), "stop", "--data-dir", str(data_dir)], capture_output=True,
+                       timeout=60, check=True)

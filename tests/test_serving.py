@@ -3,6 +3,7 @@ model; the refresh requester is the only stand-in (the Kafka path is in the inte
 
 from __future__ import annotations
 
+import hmac
 import os
 import shutil
 import signal
@@ -28,12 +29,15 @@ from limaml.featurestore.embeddings import EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import SQLITE_PATH, open_feature_store
+from certificates import make_certificates
 from conftest import require_component
 from limaml.processes import free_port, poll
 from limaml.serving.app import create_app
 from limaml.serving.config import ServeConfig
+from limaml.serving.run import check_certificate
 from limaml.serving.scorer import VersionScorer
 from limaml.serving.throttle import RefreshThrottle
+from limaml.settings import ConfigError
 from limaml.topics import KafkaConfig
 
 DATASET = "synthetic:n_members=30,n_items=40,mean_events=12,seed=5"
@@ -499,3 +503,106 @@ def test_a_redis_down_at_startup_gives_503_until_it_is_up(
                     10, "scoring to work once Redis is up")
         assert client.get("/healthz").status_code == 200
     assert body["member_id"] == member and body["embedding"]["source"] == "prior"
+
+
+TOKEN = "t0ken-" + "x" * 26
+
+
+def test_an_expired_embedding_is_served_as_the_prior_and_a_refresh_is_asked_once(
+        artifacts: Path, dataset: InteractionLog, artifact: Artifact, requester: RecordingRequester,
+        stored: tuple[FeatureStoreConfig, dict[str, MemberEmbedding]]) -> None:
+    embedding = stored[1]["adapted"]  # adapted AGE_S ago by the served version
+    item_ids = candidates(dataset)
+    config = ServeConfig(artifacts_dir=artifacts, max_embedding_age_s=AGE_S / 2)
+    with TestClient(create_app(config, stored[0], KafkaConfig(), requester)) as client:
+        before = samples(client)
+        for _ in range(2):
+            body = score(client, embedding.member_id, item_ids)
+            used = body["embedding"]
+            assert (used["source"], used["model_version"], used["seq"]) == ("expired", artifact.version, None)
+            assert AGE_S <= used["age_s"] < AGE_S + 60
+        with torch.no_grad():
+            prior = artifact.model.meta_block(profile_codes(dataset, embedding.member_id))
+        assert_ranked_as(body, item_ids, model_probabilities(artifact, prior, item_ids, {}))
+        assert requester.calls == [(embedding.member_id, "expired", artifact.version)]  # then rate-limited
+        counted = increases(before, samples(client))
+        assert counted['limaml_serve_embeddings_total{source="expired"}'] == 2
+        assert counted["limaml_serve_refresh_requests_total"] == 1
+        assert counted["limaml_serve_refresh_throttled_total"] == 1
+    # Younger than the limit, it is served.
+    config = replace(config, max_embedding_age_s=AGE_S + 60)
+    with TestClient(create_app(config, stored[0], KafkaConfig(), requester)) as client:
+        assert score(client, embedding.member_id, item_ids)["embedding"]["source"] == "adapted"
+
+
+def test_with_a_token_every_endpoint_but_healthz_answers_401_without_it(
+        artifacts: Path, dataset: InteractionLog, requester: RecordingRequester,
+        stored: tuple[FeatureStoreConfig, dict[str, MemberEmbedding]], monkeypatch: pytest.MonkeyPatch) -> None:
+    compared: list[tuple[bytes, bytes]] = []
+    real_compare = hmac.compare_digest
+
+    def recorded_compare(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real_compare(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", recorded_compare)
+    config = ServeConfig(artifacts_dir=artifacts, api_token=TOKEN)
+    member = members(dataset)["adapted"]
+    body = {"member_id": member, "candidates": candidates(dataset)}
+    with TestClient(create_app(config, stored[0], KafkaConfig(), requester)) as client:
+        requests = [("POST", "/v1/score", body), ("GET", "/metrics", None), ("GET", "/openapi.json", None),
+                    ("GET", "/docs", None)]
+        for headers in ({}, {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": f"Basic {TOKEN}"},
+                        {"Authorization": "Bearer"}):
+            for method, path, payload in requests:
+                reply = client.request(method, path, json=payload, headers=headers)
+                assert reply.status_code == 401, (path, headers)
+                assert reply.headers["www-authenticate"] == "Bearer"
+                assert reply.json()["detail"] == ("invalid bearer token" if headers else
+                                                  "this endpoint needs the header 'Authorization: Bearer <token>'")
+        # Refused before the body is read: malformed JSON gets a 401 too, not a 422.
+        assert client.post("/v1/score", content=b'{"member_id": ', headers={"content-type": "application/json"}
+                           ).status_code == 401
+        assert client.get("/healthz").status_code == 200  # a load balancer's probe needs no token
+        assert not requester.calls
+        authorized = {"Authorization": f"bearer {TOKEN}"}  # the scheme is case-insensitive
+        for method, path, payload in requests:
+            assert client.request(method, path, json=payload, headers=authorized).status_code == 200, path
+        assert (TOKEN.encode(), TOKEN.encode()) in compared  # the check is constant-time
+        exposed = client.get("/metrics", headers=authorized).text
+        assert 'limaml_serve_requests_total{status="401"} 5.0' in exposed  # 4 refused /v1 requests + 1 malformed
+        assert TOKEN not in exposed
+
+
+def test_the_token_is_read_from_a_file_at_start_and_a_bad_one_is_refused(
+        tmp_path: Path, artifacts: Path, requester: RecordingRequester,
+        stored: tuple[FeatureStoreConfig, dict[str, MemberEmbedding]]) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")  # as `echo` writes it
+    config = ServeConfig(artifacts_dir=artifacts, api_token_file=str(token_file))
+    assert TOKEN not in repr(replace(config, api_token=TOKEN))
+    with TestClient(create_app(config, stored[0], KafkaConfig(), requester)) as client:
+        token_file.write_text("another-token-of-enough-length")  # read at start: a change needs a restart
+        assert client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        assert client.get("/metrics").status_code == 401
+    for wrong, message in ((replace(config, api_token=TOKEN), "not both"),
+                           (replace(config, api_token_file=str(tmp_path / "missing")), "cannot read it"),
+                           (ServeConfig(api_token="short"), "at least 16 printable ASCII"),
+                           (ServeConfig(api_token="with a space in the token"), "without spaces")):
+        with pytest.raises(ConfigError, match=message) as refused:
+            create_app(wrong, stored[0], KafkaConfig(), requester)
+        assert TOKEN not in str(refused.value)
+    token_file.write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        create_app(config, stored[0], KafkaConfig(), requester)
+
+
+def test_a_certificate_that_does_not_load_stops_the_start_with_a_clear_error(tmp_path: Path) -> None:
+    certificates = make_certificates(tmp_path)
+    check_certificate(str(certificates.cert), str(certificates.key))  # the pair uvicorn will serve
+    for certfile, keyfile in ((certificates.cert, tmp_path / "ca.key"),  # another key
+                              (tmp_path / "missing.pem", certificates.key)):
+        with pytest.raises(ConfigError, match="does not load"):
+            check_certificate(str(certfile), str(keyfile))
+    with pytest.raises(ValueError, match="both ssl_certfile and ssl_keyfile"):
+        ServeConfig(ssl_certfile=str(certificates.cert))

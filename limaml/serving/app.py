@@ -17,6 +17,7 @@ from limaml.featurestore.config import FeatureStoreConfig
 from limaml.refresh import RefreshRequester
 from limaml.serving import ops, v1
 from limaml.serving.active import ActiveVersion
+from limaml.serving.auth import BearerAuth
 from limaml.serving.config import ServeConfig
 from limaml.serving.errors import ServingError
 from limaml.serving.metrics import RequestMetrics, ServeMetrics
@@ -54,6 +55,7 @@ def create_app(config: ServeConfig, feast: FeatureStoreConfig, kafka: KafkaConfi
     """The scoring app. Re-adaptation requests go to Kafka through a `RefreshRequester` the
     app opens and closes, unless `requester` is given (then the caller owns it)."""
     metrics = ServeMetrics()
+    token = config.bearer_token()  # a token file is read once, now
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -83,6 +85,8 @@ def create_app(config: ServeConfig, feast: FeatureStoreConfig, kafka: KafkaConfi
                               "model's global block.")
     app.state.config = config
     app.state.metrics = metrics
+    if token is not None:  # inside RequestMetrics, which counts the 401s of /v1 too
+        app.add_middleware(BearerAuth, token=token)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_exception_handler(ServingError, serving_error)
     app.add_exception_handler(RequestValidationError, invalid_request)

@@ -11,8 +11,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
-EmbeddingSource = Literal["adapted", "prior", "version_mismatch"]
-SOURCES: tuple[EmbeddingSource, ...] = ("adapted", "prior", "version_mismatch")
+EmbeddingSource = Literal["adapted", "prior", "version_mismatch", "expired"]
+SOURCES: tuple[EmbeddingSource, ...] = ("adapted", "prior", "version_mismatch", "expired")
 STATUSES = ("200", "422", "500", "503")
 
 
@@ -32,11 +32,13 @@ class ServeMetrics:
         self.embeddings = Counter(
             "limaml_serve_embeddings",
             "Embeddings scored with: adapted, prior (cold member), version_mismatch (prior served: "
-            "the stored embedding is of another model version)", ["source"], registry=r)
+            "the stored embedding is of another model version), expired (prior served: the stored "
+            "embedding is older than max_embedding_age_s)", ["source"], registry=r)
         for source in SOURCES:
             self.embeddings.labels(source=source)
         self.refresh_requests = Counter("limaml_serve_refresh_requests",
-                                        "Re-adaptation requests sent for version mismatches", registry=r)
+                                        "Re-adaptation requests sent for version mismatches and expired embeddings",
+                                        registry=r)
         self.refresh_throttled = Counter("limaml_serve_refresh_throttled",
                                          "Re-adaptation requests not sent: one was sent recently",
                                          registry=r)

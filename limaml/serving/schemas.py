@@ -34,12 +34,14 @@ class ScoredItem(BaseModel):
 class EmbeddingUsed(BaseModel):
     """Which meta embedding the candidates were scored with."""
 
-    source: Literal["adapted", "prior"] = Field(
+    source: Literal["adapted", "prior", "expired"] = Field(
         description="adapted: the member's embedding from the online store; prior: the meta "
         "block's meta-learned initial output on the member's profile (a cold member, or a "
-        "stored embedding of another model version)")
+        "stored embedding of another model version); expired: the prior, as the stored embedding "
+        "was adapted more than max_embedding_age_s ago (a re-adaptation was requested)")
     model_version: str = Field(description="the model version whose meta block produced it")
-    age_s: float | None = Field(default=None, description="seconds since it was adapted (adapted only)")
+    age_s: float | None = Field(default=None, description="seconds since it was adapted (adapted), or "
+                                "since the unused stored embedding was (expired)")
     seq: int | None = Field(default=None, description="member events it was adapted on (adapted only)")
     ignored_model_version: str | None = Field(
         default=None, description="a stored embedding of this other model version was not used; "

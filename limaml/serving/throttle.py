@@ -1,5 +1,5 @@
 """Re-adaptation requests for members whose stored embedding belongs to another model
-version, at most one per member per interval, with bounded memory."""
+version or is too old, at most one per member per interval, with bounded memory."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
-REASON = "version"  # the RefreshRequest reason: the stored embedding is of another model version
+VERSION = "version"  # a RefreshRequest reason: the stored embedding is of another model version
+EXPIRED = "expired"  # a RefreshRequest reason: the stored embedding is older than max_embedding_age_s
 
 
 class Requester(Protocol):
@@ -32,7 +33,7 @@ class RefreshThrottle:
         self.clock = clock
         self._asked: OrderedDict[str, float] = OrderedDict()  # member -> when, oldest first
 
-    def request(self, member_id: str, model_version: str) -> bool:
+    def request(self, member_id: str, model_version: str, reason: str = VERSION) -> bool:
         """Ask for `member_id` to be re-adapted under `model_version`; False when throttled."""
         now = self.clock()
         while self._asked and (len(self._asked) >= self.max_members
@@ -41,7 +42,7 @@ class RefreshThrottle:
         if member_id in self._asked:
             return False
         self._asked[member_id] = now
-        self.requester.request(member_id, REASON, model_version)
+        self.requester.request(member_id, reason, model_version)
         return True
 
     def __len__(self) -> int:

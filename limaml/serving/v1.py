@@ -13,32 +13,37 @@ from limaml.serving.deps import ActiveDep, ConfigDep, MetricsDep, StoreReadsDep,
 from limaml.serving.lookup import MemberFeatures
 from limaml.serving.metrics import ServeMetrics
 from limaml.serving.schemas import EmbeddingUsed, ErrorBody, ScoreRequest, ScoreResponse
-from limaml.serving.throttle import RefreshThrottle
+from limaml.serving.throttle import EXPIRED, VERSION, RefreshThrottle
 
 router = APIRouter(prefix="/v1", tags=["scoring"])
 
 
-def choose_embedding(served: Served, member_id: str, features: MemberFeatures,
-                     throttle: RefreshThrottle, metrics: ServeMetrics) -> tuple[np.ndarray, EmbeddingUsed]:
-    """The member's stored embedding when the served version made it, else the prior; an
-    embedding of another version is never paired with this global block, and asks for a
-    re-adaptation under it."""
+def choose_embedding(served: Served, member_id: str, features: MemberFeatures, throttle: RefreshThrottle,
+                     metrics: ServeMetrics, max_age_s: float) -> tuple[np.ndarray, EmbeddingUsed]:
+    """The member's stored embedding when the served version made it at most `max_age_s` ago
+    (0: at any age), else the prior. An embedding of another version is never paired with this
+    global block, and one too old is not served as fresh: both ask for a re-adaptation."""
     stored = features.embedding
-    if stored is not None and stored.model_version == served.version:
-        metrics.embeddings.labels(source="adapted").inc()
-        return stored.vector, EmbeddingUsed(
-            source="adapted", model_version=stored.model_version, seq=stored.seq,
-            age_s=max(0.0, time.time() - stored.adapted_at / 1000))
-    ignored = None
     if stored is None:
         metrics.embeddings.labels(source="prior").inc()
+        return served.scorer.prior(features.profile), EmbeddingUsed(source="prior",
+                                                                    model_version=served.version)
+    age_s = max(0.0, time.time() - stored.adapted_at / 1000)
+    if stored.model_version != served.version:
+        counted, reason = "version_mismatch", VERSION
+        used = EmbeddingUsed(source="prior", model_version=served.version,
+                             ignored_model_version=stored.model_version)
+    elif max_age_s and age_s > max_age_s:
+        counted, reason = "expired", EXPIRED
+        used = EmbeddingUsed(source="expired", model_version=served.version, age_s=age_s)
     else:
-        metrics.embeddings.labels(source="version_mismatch").inc()
-        ignored = stored.model_version
-        sent = throttle.request(member_id, served.version)
-        (metrics.refresh_requests if sent else metrics.refresh_throttled).inc()
-    return served.scorer.prior(features.profile), EmbeddingUsed(
-        source="prior", model_version=served.version, ignored_model_version=ignored)
+        metrics.embeddings.labels(source="adapted").inc()
+        return stored.vector, EmbeddingUsed(source="adapted", model_version=stored.model_version,
+                                            seq=stored.seq, age_s=age_s)
+    metrics.embeddings.labels(source=counted).inc()
+    sent = throttle.request(member_id, served.version, reason)
+    (metrics.refresh_requests if sent else metrics.refresh_throttled).inc()
+    return served.scorer.prior(features.profile), used
 
 
 @router.post("/score", response_model=ScoreResponse,
@@ -57,7 +62,8 @@ async def score(body: ScoreRequest, active: ActiveDep, throttle: ThrottleDep, me
                    f"max_candidates), not {len(body.candidates)}"}])
     served = active.current  # one version for the whole request
     features = await store_reads.read(served.lookup, body.member_id)
-    embedding, used = choose_embedding(served, body.member_id, features, throttle, metrics)
+    embedding, used = choose_embedding(served, body.member_id, features, throttle, metrics,
+                                       config.max_embedding_age_s)
     ranking = served.scorer.rank(embedding, body.candidates, body.context)
     unknown = len(ranking.known) - int(np.count_nonzero(ranking.known))
     if unknown:
