@@ -28,7 +28,8 @@
 #   LIMAML_KAFKA_PORT           base client port           (default 9092)
 #   LIMAML_KAFKA_PARTITIONS     num.partitions for auto-created topics (default 1)
 #   LIMAML_KAFKA_RETENTION_HOURS  log.retention.hours      (default 168)
-#   LIMAML_KAFKA_HEAP_OPTS      JVM heap per broker        (default "-Xms128m -Xmx512m")
+#   LIMAML_KAFKA_HEAP_OPTS      JVM heap per broker        (default "-Xms128m -Xmx512m"; with
+#                               more than one broker "-Xms64m -Xmx256m", for three JVMs on a laptop)
 #   LIMAML_KAFKA_START_TIMEOUT  seconds to wait for readiness (default 60)
 #   LIMAML_KAFKA_STOP_TIMEOUT   seconds to wait after SIGTERM before SIGKILL (default 30)
 #   MVN, JAVA_HOME              the Maven and Java to use (Kafka 4 needs Java 17+)
@@ -292,8 +293,10 @@ EOF
 jvm_flags() {
     local dir
     dir=$(node_dir "$1")
+    local default_heap="-Xms128m -Xmx512m"
+    ((BROKERS > 1)) && default_heap="-Xms64m -Xmx256m"
     # shellcheck disable=SC2206  # the heap options are meant to be split into words
-    local heap=(${LIMAML_KAFKA_HEAP_OPTS:--Xms128m -Xmx512m})
+    local heap=(${LIMAML_KAFKA_HEAP_OPTS:-$default_heap})
     printf '%s\n' "${heap[@]}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
         -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExitOnOutOfMemoryError \
         -Djava.awt.headless=true \

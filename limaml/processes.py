@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,28 +50,38 @@ def run_kafka_sh(*args: str, timeout: float = KAFKA_START_TIMEOUT_S,
                           text=True, timeout=timeout, check=False, start_new_session=True, env=env)
 
 
-def free_port_pair() -> int:
-    """A loopback port P such that P and P+1 (the broker's controller port) are both free now."""
+def free_port_run(count: int) -> int:
+    """A loopback port P such that P .. P+count-1 are all free now (a broker's client and
+    controller ports, two per node)."""
     for _ in range(50):
         port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
+        if port + count > 65536:
+            continue
+        try:
+            with ExitStack() as held:
+                for other in range(port + 1, port + count):
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", other))
+        except OSError:
+            continue
         return port
-    raise RuntimeError("no free pair of loopback ports found")
+    raise RuntimeError(f"no run of {count} free loopback ports found")
 
 
-def start_kafka(data_dir: Path) -> str:
-    """Start a private single-node broker in `data_dir` with deploy/kafka.sh, on a free pair
-    of loopback ports; its bootstrap address."""
-    for _attempt in range(3):  # another process may take the port between probe and bind
-        result = run_kafka_sh("start", "--data-dir", str(data_dir), "--port", str(free_port_pair()))
+def start_kafka(data_dir: Path, brokers: int = 1) -> str:
+    """Start a private cluster of `brokers` nodes in `data_dir` with deploy/kafka.sh, on free
+    loopback ports; its bootstrap address."""
+    for _attempt in range(3):  # another process may take a port between probe and bind
+        result = run_kafka_sh("start", "--data-dir", str(data_dir), "--port", str(free_port_run(2 * brokers)),
+                              "--brokers", str(brokers))
         if result.returncode == 0 or "in use" not in result.stderr:
             break
     if result.returncode != 0:
         raise RuntimeError(f"deploy/kafka.sh start failed:\n{result.stderr.strip()}")
+    return bootstrap_of(result)
+
+
+def bootstrap_of(result: subprocess.CompletedProcess[str]) -> str:
+    """The address in the KAFKA_BOOTSTRAP= line deploy/kafka.sh start printed."""
     bootstrap = next((line.split("=", 1)[1].strip() for line in result.stdout.splitlines()
                       if line.startswith("KAFKA_BOOTSTRAP=")), None)
     if bootstrap is None:
@@ -79,10 +89,24 @@ def start_kafka(data_dir: Path) -> str:
     return bootstrap
 
 
+def stop_kafka_node(data_dir: Path, node: int) -> None:
+    """Stop one broker of a cluster (a controlled shutdown: SIGTERM, SIGKILL after a deadline)."""
+    result = run_kafka_sh("stop", "--data-dir", str(data_dir), "--node", str(node), timeout=KAFKA_STOP_TIMEOUT_S)
+    if result.returncode != 0:
+        raise RuntimeError(f"deploy/kafka.sh stop --node {node} failed:\n{result.stderr}")
+
+
+def restart_stopped_kafka_nodes(data_dir: Path) -> None:
+    """Start again the brokers of a cluster that are down, and wait until all of them answer."""
+    result = run_kafka_sh("start", "--data-dir", str(data_dir))
+    if result.returncode != 0:
+        raise RuntimeError(f"deploy/kafka.sh start failed:\n{result.stderr.strip()}")
+
+
 @contextmanager
-def local_kafka(data_dir: Path) -> Iterator[str]:
-    """A private single-node broker started by deploy/kafka.sh; yields its bootstrap address."""
-    bootstrap = start_kafka(data_dir)
+def local_kafka(data_dir: Path, brokers: int = 1) -> Iterator[str]:
+    """A private cluster of `brokers` nodes started by deploy/kafka.sh; yields its bootstrap address."""
+    bootstrap = start_kafka(data_dir, brokers)
     try:
         yield bootstrap
     finally:

@@ -16,10 +16,17 @@ from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from limaml.settings import ConfigError
+
 log = logging.getLogger(__name__)
 
 PRODUCER_PARTITIONER = "murmur2_random"
 """confluent-kafka's name for the Java client's partitioner, which Faust (aiokafka) uses too."""
+PRODUCER_ACKS = -1
+"""acks=all for every limaml producer: a write is acknowledged only once every in-sync replica
+has it (at least `KafkaConfig.min_insync_replicas`). Not configurable: acks=1 loses the
+acknowledged writes a failed leader had not replicated yet. (The confluent-kafka producers are
+idempotent, which implies acks=all.)"""
 
 
 def member_partition(member_id: str, partitions: int) -> int:
@@ -33,8 +40,25 @@ class KafkaConfig:
     bootstrap: str = "127.0.0.1:9092"  # Kafka bootstrap servers, host:port[,host:port]
     topic_prefix: str = "limaml"  # every topic name starts with this
     partitions: int = 4  # partitions of each limaml topic: the most workers of one kind
-    replication_factor: int = 1  # 3 on a production cluster
+    replication_factor: int = 1  # copies of each partition of the topics limaml creates (3 on a production cluster)
+    min_insync_replicas: int = 0  # copies a write must reach before it is acknowledged (2 with 3 copies; 0: the broker's default)
     session_timeout_s: float = 10.0  # a worker silent this long loses its partitions to the others
+
+    def __post_init__(self) -> None:
+        if self.replication_factor < 1:
+            raise ConfigError(f"replication_factor must be >= 1, got {self.replication_factor}")
+        if not 0 <= self.min_insync_replicas <= self.replication_factor:
+            raise ConfigError(f"min_insync_replicas must be between 0 (the broker's default) and "
+                              f"replication_factor ({self.replication_factor}), got "
+                              f"{self.min_insync_replicas}: no write could be acknowledged")
+
+    @property
+    def topic_config(self) -> dict[str, str]:
+        """The Kafka config every topic limaml creates gets, Faust's changelogs included: with
+        acks=all a write is acknowledged once `min_insync_replicas` copies have it, so losing
+        fewer brokers than that loses no acknowledged event or table write. Empty when the
+        broker's default applies."""
+        return {"min.insync.replicas": str(self.min_insync_replicas)} if self.min_insync_replicas else {}
 
     def faust_app_id(self, role: str) -> str:
         """Consumer group and changelog-topic namespace of a worker kind, under the prefix."""
@@ -46,6 +70,8 @@ class KafkaConfig:
             "broker": self.faust_broker,
             "topic_partitions": self.partitions,
             "topic_replication_factor": self.replication_factor,
+            # Every write (changelog, adapt request, embedding) waits for all in-sync replicas.
+            "producer_acks": PRODUCER_ACKS,
             "broker_session_timeout": self.session_timeout_s,
             "broker_heartbeat_interval": self.session_timeout_s / 5,
             "consumer_auto_offset_reset": "earliest",
@@ -114,13 +140,14 @@ class TopicNames:
 def topic_specs(config: KafkaConfig) -> dict[str, dict[str, str]]:
     """Topic name -> its Kafka config."""
     names = TopicNames(config.topic_prefix)
+    common = config.topic_config
     return {
-        names.interactions: {},
-        names.dead_letters: {},
-        names.adapt_requests: {},
-        names.adapt_answers: {},
-        names.refresh_requests: {},
-        names.meta_embeddings: {"cleanup.policy": "compact"},  # the latest embedding per member
+        names.interactions: common,
+        names.dead_letters: common,
+        names.adapt_requests: common,
+        names.adapt_answers: common,
+        names.refresh_requests: common,
+        names.meta_embeddings: common | {"cleanup.policy": "compact"},  # the latest embedding per member
     }
 
 

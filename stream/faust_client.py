@@ -9,10 +9,14 @@
    wait (docs/benchmarks.md).
 2. A pre-commit flush that drains every buffered table write (see
    `drain_changelog_writes_before_commits`).
+
+And every topic Faust creates itself (table changelogs, internal topics) gets limaml's topic
+config, `min.insync.replicas` above all (see `create_topics_with`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import faust
@@ -42,7 +46,27 @@ def create_faust_app(kafka: KafkaConfig, role: str, **settings: Any) -> faust.Ap
     """A Faust app of one worker kind ("stream", "adapt") with limaml's shared Kafka settings."""
     app = faust.App(kafka.faust_app_id(role), **kafka.faust_settings(), **settings)
     app.transport.Consumer = LowLatencyConsumer  # before `app.consumer` is first created
+    create_topics_with(app, kafka.topic_config)
     return app
+
+
+def create_topics_with(app: faust.App, topic_config: Mapping[str, str]) -> None:
+    """Give every topic Faust creates `topic_config` (under the topic's own settings, such as a
+    changelog's compaction). Faust sets a created topic's replication factor from the app's
+    settings but nothing else; a changelog whose writes were acknowledged by one replica
+    would lose table rows with its leader."""
+    if not topic_config:
+        return
+    transport = app.transport
+    create_topic = transport._create_topic  # every Faust topic creation goes through it
+
+    async def create_topic_with_config(owner: Any, client: Any, topic: str, partitions: int,
+                                       replication: int, *, config: Mapping[str, Any] | None = None,
+                                       **options: Any) -> None:
+        await create_topic(owner, client, topic, partitions, replication,
+                           config={**topic_config, **(config or {})}, **options)
+
+    transport._create_topic = create_topic_with_config
 
 
 def drain_changelog_writes_before_commits(app: faust.App) -> None:

@@ -1,0 +1,210 @@
+"""Failover on a three-broker cluster: a broker stopped and started mid-stream, and a second
+stream worker joining and leaving mid-stream, lose and double no event.
+
+Every topic is replicated three times with `min.insync.replicas` 2 and every producer writes
+with acks=all, as on a production cluster. Events are produced by the replay producer (the
+idempotent confluent-kafka producer of `limaml replay`) at a steady rate while the fault
+happens; the replay is stopped once the fault is over, and the events it sent are what every
+member's support set must hold, each exactly once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource
+
+from limaml.adapters.events import InteractionEvent, events_from_log
+from limaml.adapters.registry import load_dataset
+from limaml.adapters.replay import ReplayConfig
+from limaml.data import InteractionLog
+from limaml.deploy.replayer import ReplayThread
+from limaml.featurestore.config import FeatureStoreConfig
+from limaml.featurestore.embeddings import EmbeddingReader
+from limaml.featurestore.profiles import write_member_profiles
+from limaml.featurestore.store import open_feature_store
+from limaml.processes import (Worker, local_kafka, poll, restart_stopped_kafka_nodes,
+                              stop_kafka_node)
+from limaml.topics import KafkaConfig, ensure_topics
+
+from .conftest import TOPIC_READY_TIMEOUT_S
+from .test_pipeline import Pipeline, events_by_member, support_sets_match
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+BROKERS = 3
+REPLICATION_FACTOR = 3
+MIN_INSYNC_REPLICAS = 2
+DATASET = "synthetic:n_members=40,n_items=25,mean_events=150,seed=7"
+"""About 6,000 events: more than the replay sends while a fault plays out at `RATE`."""
+PARTITIONS = 2
+RATE = 50.0  # events/s: the dataset lasts about two minutes, longer than any fault takes here
+PROGRESS = 100  # events applied between two steps of a fault, so each step happens mid-stream
+
+
+@pytest.fixture(scope="module")
+def dataset() -> InteractionLog:
+    return load_dataset(DATASET)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    bootstrap: str
+    data_dir: Path
+
+    def stop_broker(self, node: int) -> None:
+        stop_kafka_node(self.data_dir, node)
+
+    def start_stopped_brokers(self) -> None:
+        restart_stopped_kafka_nodes(self.data_dir)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A private three-broker cluster (never KAFKA_BOOTSTRAP's: its brokers are stopped here)."""
+    data_dir = tmp_path_factory.mktemp("kafka-cluster")
+    with local_kafka(data_dir, brokers=BROKERS) as bootstrap:
+        yield Cluster(bootstrap, data_dir)
+
+
+class ReplicatedPipeline(Pipeline):
+    """The pipeline harness with workers that create their topics replicated."""
+
+    def kafka_args(self) -> list[str]:
+        return [*super().kafka_args(), "--replication-factor", str(self.kafka.replication_factor),
+                "--min-insync-replicas", str(self.kafka.min_insync_replicas)]
+
+
+@pytest.fixture
+def pipeline(cluster: Cluster, artifacts: Path, dataset: InteractionLog,
+             tmp_path: Path) -> Iterator[ReplicatedPipeline]:
+    kafka = KafkaConfig(bootstrap=cluster.bootstrap, topic_prefix=f"f{uuid.uuid4().hex[:10]}",
+                        partitions=PARTITIONS, replication_factor=REPLICATION_FACTOR,
+                        min_insync_replicas=MIN_INSYNC_REPLICAS)
+    ensure_topics(kafka)
+    feast_dir = tmp_path / "feast"
+    fields = ",".join(sorted(dataset.member_features))
+    write_member_profiles(open_feature_store(FeatureStoreConfig(repo_dir=feast_dir,
+                                                                profile_fields=fields)), dataset)
+    pipeline = ReplicatedPipeline(kafka, artifacts, feast_dir, tmp_path)
+    yield pipeline
+    for worker in pipeline.workers:
+        worker.stop()
+    cluster.start_stopped_brokers()  # a failed test may have left one down
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    names = [name for name in admin.list_topics(timeout=TOPIC_READY_TIMEOUT_S).topics
+             if name.startswith(kafka.topic_prefix)]  # also the workers' changelogs
+    for future in admin.delete_topics(names).values():
+        future.result(timeout=TOPIC_READY_TIMEOUT_S)
+
+
+def start_replay(pipeline: Pipeline, dataset: InteractionLog) -> ReplayThread:
+    replay = ReplayThread(pipeline.kafka, ReplayConfig(rate=RATE), dataset)
+    replay.start()
+    return replay
+
+
+def stop_replay(replay: ReplayThread, dataset: InteractionLog) -> list[InteractionEvent]:
+    """Stop the replay; the events it sent, every one of them delivered."""
+    assert replay.stop(timeout_s=60).startswith("stopped"), "the replay did not stop"
+    assert replay.report is not None and replay.error is None, replay.error
+    assert replay.report.interrupted, "the dataset ran out before the fault was over: enlarge DATASET"
+    assert (replay.report.failed, replay.report.delivered) == (0, replay.report.sent), replay.report.errors
+    return list(events_from_log(dataset, stop=replay.report.sent))
+
+
+def applied(worker: Worker) -> float:
+    return worker.metric("limaml_stream_events_total")
+
+
+def wait_for_progress(worker: Worker, events: float, what: str) -> None:
+    """Until `worker` applied `events` events in all: the stream is flowing."""
+    poll(lambda: worker.ensure_alive() and applied(worker) >= events, 120, what,
+         describe=lambda: f"{applied(worker)} events applied; log:\n{worker.log_tail(15)}")
+
+
+def group_coordinator(bootstrap: str, group: str) -> int:
+    """The node id of the broker coordinating a consumer group (its commits and rebalances)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    description = admin.describe_consumer_groups([group])[group].result(timeout=TOPIC_READY_TIMEOUT_S)
+    return int(description.coordinator.id)
+
+
+def assert_replicated(kafka: KafkaConfig) -> None:
+    """Every topic of the pipeline, Faust's changelogs and internal topics included, has every
+    partition on `replication_factor` brokers and needs `min_insync_replicas` of them for a write,
+    set on the topic itself: not the broker's default, which a production cluster may leave at 1."""
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    topics = {name: topic for name, topic in admin.list_topics(timeout=TOPIC_READY_TIMEOUT_S).topics.items()
+              if name.startswith(kafka.topic_prefix)}
+    assert any(name.endswith("-changelog") for name in topics), sorted(topics)
+    for name, topic in topics.items():
+        assert {len(p.replicas) for p in topic.partitions.values()} == {kafka.replication_factor}, name
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in topics]
+    for resource, future in admin.describe_configs(resources).items():
+        entry = future.result(timeout=TOPIC_READY_TIMEOUT_S)["min.insync.replicas"]
+        found = (entry.value, ConfigSource(entry.source))
+        assert found == (str(kafka.min_insync_replicas), ConfigSource.DYNAMIC_TOPIC_CONFIG), \
+            f"{resource.name}: min.insync.replicas {found}"
+
+
+def test_a_broker_stopped_and_started_mid_stream_loses_and_doubles_nothing(
+        pipeline: ReplicatedPipeline, cluster: Cluster, dataset: InteractionLog) -> None:
+    stream, _adapt = pipeline.stream_worker(), pipeline.adapt_worker()
+    replay = start_replay(pipeline, dataset)
+    try:
+        wait_for_progress(stream, PROGRESS, "events applied before the broker stops")
+        # The broker that coordinates the stream workers' group: its stop moves the group's
+        # commits and the leadership of the partitions it led to the others.
+        victim = group_coordinator(cluster.bootstrap, pipeline.kafka.faust_app_id("stream"))
+        cluster.stop_broker(victim)
+        wait_for_progress(stream, applied(stream) + PROGRESS, f"events applied while broker {victim} is down")
+        cluster.start_stopped_brokers()
+        wait_for_progress(stream, applied(stream) + PROGRESS, f"events applied once broker {victim} is back")
+    finally:
+        events = stop_replay(replay, dataset)
+    expected = events_by_member(events)
+    behind: dict[str, object] = {}
+    poll(lambda: support_sets_match(stream, expected, behind), 120,
+         "every member's support set to hold each of its events once",
+         describe=lambda: f"(seq, expected) of members behind: {behind}; worker log:\n{stream.log_tail(20)}")
+
+    # Freshness recovers: every member's embedding catches up with its last event.
+    reader = EmbeddingReader(open_feature_store(FeatureStoreConfig(
+        repo_dir=pipeline.feast_dir, profile_fields=",".join(sorted(dataset.member_features)))))
+    stale: dict[str, object] = {}
+
+    def caught_up() -> bool:
+        stored = reader.read(list(expected))
+        stale.clear()
+        stale.update({m: None if e is None else e.seq for m, e in stored.items()
+                      if e is None or e.seq != len(expected[m])})
+        return not stale
+
+    poll(caught_up, 60, "every member's embedding at its last event",
+         describe=lambda: f"embedding seq of members behind: {stale}")
+    assert_replicated(pipeline.kafka)
+
+
+def test_a_stream_worker_joining_and_leaving_mid_stream_loses_and_doubles_nothing(
+        pipeline: ReplicatedPipeline, dataset: InteractionLog) -> None:
+    first = pipeline.stream_worker("0")
+    replay = start_replay(pipeline, dataset)
+    try:
+        wait_for_progress(first, PROGRESS, "events applied before the second worker joins")
+        # The second worker takes over a partition: it restores the partition's support sets
+        # from the changelog, then applies its events from the last committed offset.
+        second = pipeline.stream_worker("1")
+        wait_for_progress(second, PROGRESS, "the second worker applying events of its partition")
+        second.stop()  # its partition goes back to the first, which restores what it wrote
+        wait_for_progress(first, applied(first) + PROGRESS, "events applied once the second worker left")
+    finally:
+        events = stop_replay(replay, dataset)
+    behind: dict[str, object] = {}
+    poll(lambda: support_sets_match(first, events_by_member(events), behind), 120,
+         "every member's support set to hold each of its events once",
+         describe=lambda: f"(seq, expected) of members behind: {behind}; worker log:\n{first.log_tail(20)}")
