@@ -287,8 +287,10 @@ class Stack:
         else:
             self.info.processes["broker"] = f"{self.bootstrap} (external)"
         self._write_pids()
-        kafka = KafkaConfig(bootstrap=self.bootstrap, topic_prefix=config.topic_prefix,
-                            partitions=config.partitions)
+        # Replication and the rest of [kafka] from where the workers read them (file, environment).
+        configured_kafka = resolve((Section.of("kafka", KafkaConfig),), self.config_file, None)["kafka"]
+        kafka = KafkaConfig(**{**configured_kafka, "bootstrap": self.bootstrap,
+                               "topic_prefix": config.topic_prefix, "partitions": config.partitions})
         ensure_topics(kafka)
         fields = ",".join(sorted(dataset.member_features))
         configured = resolve((Section.of("feast", FeatureStoreConfig, SETTINGS),), self.config_file, None)["feast"]

@@ -60,7 +60,7 @@ class AdaptRequest(faust.Record, serializer="json", include_metadata=False):
     contexts: List[Dict[str, float]]
     newest_event_ts: int
     newest_produced_at: float
-    reason: str  # "signals", "stale", "timeout", "version" or "backfill"
+    reason: str  # "signals", "stale", "timeout", or a refresh's: "version", "expired", "backfill"
     requested_at: float
 
 
@@ -98,7 +98,7 @@ class RefreshRequest(faust.Record, serializer="json", include_metadata=False):
     it is sent to, from the stored support set (see `limaml.refresh`)."""
 
     member_id: str  # "" when `backfill`
-    reason: str  # "version" (a reader saw another model version's embedding) or "backfill"
+    reason: str  # "version" (a reader saw another model version's embedding), "expired" (one older than max_embedding_age_s) or "backfill"
     model_version: str  # the version the requester wants embeddings of
     requested_at: float  # when it was asked (s)
     backfill: bool = False  # every member of this partition with a support set

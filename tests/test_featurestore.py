@@ -10,7 +10,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import urllib.parse
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import replace

@@ -16,15 +16,17 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from limaml.processes import local_kafka
+from limaml.adapters.events import DeadLetter
+from limaml.featurestore.embeddings import EmbeddingReader
+from limaml.processes import local_kafka, poll
 
 TOPIC_READY_TIMEOUT_S = 30.0
 
@@ -131,3 +133,38 @@ def kafka_topic_factory(kafka_bootstrap: str, request: pytest.FixtureRequest) ->
                 # The test may have deleted it itself.
                 if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
                     raise
+
+
+def delete_topics_with_prefix(bootstrap: str, prefix: str) -> None:
+    """Delete every topic named `prefix...`: a test's own topics and its workers' changelogs."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    names = [name for name in admin.list_topics(timeout=TOPIC_READY_TIMEOUT_S).topics if name.startswith(prefix)]
+    for future in admin.delete_topics(names).values():
+        future.result(timeout=TOPIC_READY_TIMEOUT_S)
+
+
+def read_dead_letters(bootstrap: str, topic: str, count: int, timeout_s: float = 60) -> list[DeadLetter]:
+    """The first `count` dead letters of `topic`, read from its start."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    letters: list[DeadLetter] = []
+    try:
+        def drained() -> bool:
+            for message in consumer.consume(num_messages=100, timeout=0.5):
+                assert message.error() is None or message.error().code() == KafkaError._PARTITION_EOF
+                if message.error() is None:
+                    letters.append(DeadLetter.from_json_bytes(message.value()))
+            return len(letters) >= count
+        poll(drained, timeout_s, f"{count} dead letter(s) in {topic}", interval_s=0)
+    finally:
+        consumer.close()
+    return letters
+
+
+def embeddings_behind(reader: EmbeddingReader, events_per_member: Mapping[str, int]) -> dict[str, int | None]:
+    """The members whose stored embedding was not adapted on all their events: member -> the
+    stored seq (None: no embedding yet)."""
+    stored = reader.read(list(events_per_member))
+    return {member: None if embedding is None else embedding.seq for member, embedding in stored.items()
+            if embedding is None or embedding.seq != events_per_member[member]}

@@ -13,17 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource,
                                   NewTopic)
 
-from limaml.adapters.events import MAX_DEAD_LETTER_RAW_BYTES, DeadLetter, InteractionEvent, events_from_log
+from limaml.adapters.events import MAX_DEAD_LETTER_RAW_BYTES, InteractionEvent, events_from_log
 from limaml.adapters.registry import load_dataset
 from limaml.data import InteractionLog
 from limaml.processes import Worker, poll
 from limaml.topics import KafkaConfig, ensure_topics
 
-from .conftest import TOPIC_READY_TIMEOUT_S
+from .conftest import TOPIC_READY_TIMEOUT_S, delete_topics_with_prefix, read_dead_letters
 from .test_pipeline import DATASET, PARTITIONS, Pipeline, events_by_member, support_sets_match
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -47,29 +47,7 @@ def stream(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
     yield pipeline
     for worker in pipeline.workers:
         worker.stop()
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    names = [name for name in admin.list_topics(timeout=TOPIC_READY_TIMEOUT_S).topics
-             if name.startswith(kafka.topic_prefix)]
-    for future in admin.delete_topics(names).values():
-        future.result(timeout=TOPIC_READY_TIMEOUT_S)
-
-
-def read_dead_letters(pipeline: Pipeline, count: int, timeout_s: float = 60) -> list[DeadLetter]:
-    consumer = Consumer({"bootstrap.servers": pipeline.kafka.bootstrap, "group.id": uuid.uuid4().hex,
-                         "auto.offset.reset": "earliest"})
-    consumer.subscribe([pipeline.topics.dead_letters])
-    letters: list[DeadLetter] = []
-    try:
-        def drained() -> bool:
-            for message in consumer.consume(num_messages=100, timeout=0.5):
-                assert message.error() is None or message.error().code() == KafkaError._PARTITION_EOF
-                if message.error() is None:
-                    letters.append(DeadLetter.from_json_bytes(message.value()))
-            return len(letters) >= count
-        poll(drained, timeout_s, f"{count} dead letter(s)", interval_s=0)
-    finally:
-        consumer.close()
-    return letters
+    delete_topics_with_prefix(kafka_bootstrap, kafka.topic_prefix)  # also the workers' changelogs
 
 
 def oversized(event: InteractionEvent) -> bytes:
@@ -94,7 +72,7 @@ def test_an_oversized_event_becomes_a_bounded_dead_letter_with_its_size_and_hash
     stream.send_events(good[10:])
     wait_until_applied(worker, good)
 
-    [letter] = read_dead_letters(stream, 1)
+    [letter] = read_dead_letters(stream.kafka.bootstrap, stream.topics.dead_letters, 1)
     assert letter.truncated and letter.raw == huge[:MAX_DEAD_LETTER_RAW_BYTES]
     assert (letter.raw_size, letter.raw_sha256) == (len(huge), hashlib.sha256(huge).hexdigest())
     assert letter.reason.startswith(f"event of {len(huge)} bytes is over the")
@@ -162,7 +140,7 @@ def test_an_unsendable_dead_letter_is_retried_until_sent_and_nothing_is_lost(
     admin.incremental_alter_configs([resource])[resource].result(timeout=TOPIC_READY_TIMEOUT_S)
     poll(lambda: worker.metric("limaml_stream_dead_letters_total") == 1, 90,
          "the held dead letter to be sent", describe=lambda: worker.log_tail(20))
-    assert [letter.raw for letter in read_dead_letters(stream, 1)] == [b"{not json"]
+    assert [letter.raw for letter in read_dead_letters(stream.kafka.bootstrap, stream.topics.dead_letters, 1)] == [b"{not json"]
     wait_until_applied(worker, good)
     worker.ensure_alive()
     assert "Crashed" not in worker.log_path.read_text()  # Faust restarts a crashed agent: not seen otherwise

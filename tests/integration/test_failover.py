@@ -31,7 +31,7 @@ from limaml.processes import (Worker, local_kafka, poll, restart_stopped_kafka_n
                               stop_kafka_node)
 from limaml.topics import KafkaConfig, ensure_topics
 
-from .conftest import TOPIC_READY_TIMEOUT_S
+from .conftest import TOPIC_READY_TIMEOUT_S, delete_topics_with_prefix, embeddings_behind
 from .test_pipeline import Pipeline, events_by_member, support_sets_match
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -95,11 +95,7 @@ def pipeline(cluster: Cluster, artifacts: Path, dataset: InteractionLog,
     for worker in pipeline.workers:
         worker.stop()
     cluster.start_stopped_brokers()  # a failed test may have left one down
-    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
-    names = [name for name in admin.list_topics(timeout=TOPIC_READY_TIMEOUT_S).topics
-             if name.startswith(kafka.topic_prefix)]  # also the workers' changelogs
-    for future in admin.delete_topics(names).values():
-        future.result(timeout=TOPIC_READY_TIMEOUT_S)
+    delete_topics_with_prefix(cluster.bootstrap, kafka.topic_prefix)  # also the workers' changelogs
 
 
 def start_replay(pipeline: Pipeline, dataset: InteractionLog) -> ReplayThread:
@@ -179,10 +175,8 @@ def test_a_broker_stopped_and_started_mid_stream_loses_and_doubles_nothing(
     stale: dict[str, object] = {}
 
     def caught_up() -> bool:
-        stored = reader.read(list(expected))
         stale.clear()
-        stale.update({m: None if e is None else e.seq for m, e in stored.items()
-                      if e is None or e.seq != len(expected[m])})
+        stale.update(embeddings_behind(reader, {member: len(events) for member, events in expected.items()}))
         return not stale
 
     poll(caught_up, 60, "every member's embedding at its last event",

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Producer
 
 from conftest import save_tiny_model
 from limaml.adaptation import AdaptationEngine
-from limaml.adapters.events import DeadLetter, InteractionEvent, events_from_log
+from limaml.adapters.events import InteractionEvent, events_from_log
 from limaml.adapters.registry import load_dataset
 from limaml.artifacts import load_artifact
 from limaml.data import InteractionLog
@@ -30,7 +29,7 @@ from limaml.refresh import RefreshRequester
 from limaml.stream.records import AdaptRequest
 from limaml.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
 
-from .conftest import TOPIC_READY_TIMEOUT_S
+from .conftest import delete_topics_with_prefix, read_dead_letters
 from limaml.processes import Worker, free_port, poll
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -106,11 +105,7 @@ def pipeline(kafka_bootstrap: str, artifacts: Path, dataset: InteractionLog,
     yield pipeline
     for worker in pipeline.workers:
         worker.stop()
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    names = [name for name in admin.list_topics(timeout=TOPIC_READY_TIMEOUT_S).topics
-             if name.startswith(kafka.topic_prefix)]  # also the workers' changelogs
-    for future in admin.delete_topics(names).values():
-        future.result(timeout=TOPIC_READY_TIMEOUT_S)
+    delete_topics_with_prefix(kafka_bootstrap, kafka.topic_prefix)  # also the workers' changelogs
 
 
 def events_by_member(events: list[InteractionEvent]) -> dict[str, list[InteractionEvent]]:
@@ -299,20 +294,7 @@ def test_bad_events_go_to_the_dead_letter_topic_and_good_ones_still_flow(
          "the good events after the bad ones to be applied", describe=lambda: str(behind))
     worker.ensure_alive()
 
-    consumer = Consumer({"bootstrap.servers": pipeline.kafka.bootstrap, "group.id": uuid.uuid4().hex,
-                         "auto.offset.reset": "earliest"})
-    consumer.subscribe([pipeline.topics.dead_letters])
-    letters: list[DeadLetter] = []
-    try:
-        def drained() -> bool:
-            for message in consumer.consume(num_messages=100, timeout=0.5):
-                assert message.error() is None or message.error().code() == KafkaError._PARTITION_EOF
-                if message.error() is None:
-                    letters.append(DeadLetter.from_json_bytes(message.value()))
-            return len(letters) >= len(bad)
-        poll(drained, 60, "every bad event in the dead-letter topic", interval_s=0)
-    finally:
-        consumer.close()
+    letters = read_dead_letters(pipeline.kafka.bootstrap, pipeline.topics.dead_letters, len(bad))
     assert sorted(letter.raw for letter in letters) == sorted(value for _, value in bad)
     assert all(letter.reason and letter.topic == pipeline.topics.interactions for letter in letters)
     assert worker.metric("limaml_stream_dead_letters_total") == len(bad)

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from confluent_kafka import Consumer, KafkaError, Producer
-from confluent_kafka.admin import AdminClient
 
 from conftest import save_tiny_model
 from limaml.adapters.events import InteractionEvent, events_from_log
@@ -26,7 +25,7 @@ from limaml.featurestore.store import open_feature_store
 from limaml.processes import Worker, free_port, poll
 from limaml.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
 
-from .conftest import TOPIC_READY_TIMEOUT_S
+from .conftest import delete_topics_with_prefix
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -73,11 +72,7 @@ def stack(kafka_bootstrap: str, dataset: InteractionLog, tmp_path: Path) -> Iter
     finally:
         for worker in workers.values():
             worker.stop()
-        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-        names = [name for name in admin.list_topics(timeout=TOPIC_READY_TIMEOUT_S).topics
-                 if name.startswith(kafka.topic_prefix)]
-        for future in admin.delete_topics(names).values():
-            future.result(timeout=TOPIC_READY_TIMEOUT_S)
+        delete_topics_with_prefix(kafka_bootstrap, kafka.topic_prefix)  # also the workers' changelogs
 
 
 def score(serve: Worker, member_id: str, items: list[str]) -> dict:

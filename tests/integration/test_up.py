@@ -22,6 +22,8 @@ from limaml.featurestore.store import open_feature_store
 from limaml.processes import KAFKA_SH, LIMAML, free_port, poll
 from limaml.stream.config import StreamConfig
 
+from .conftest import embeddings_behind
+
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 DATASET = "synthetic:n_members=30,n_items=25,mean_events=12,seed=5"
@@ -92,6 +94,13 @@ def port_free(port: int) -> bool:
     return True
 
 
+def ctrl_c(up: subprocess.Popen) -> int:
+    """What a Ctrl-C in its terminal does (to its process group), then its exit status."""
+    if up.poll() is None:
+        os.killpg(up.pid, signal.SIGINT)
+    return up.wait(timeout=120)
+
+
 def output(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
@@ -131,9 +140,7 @@ def test_up_runs_the_pipeline_and_ctrl_c_stops_everything(artifacts: Path, tmp_p
         assert all(alive(child["pid"], child["started"]) for child in children.values())
         broker_port = int(record["bootstrap"].rsplit(":", 1)[1])
     finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGINT)
-        code = up.wait(timeout=120)
+        code = ctrl_c(up)
 
     text = output(stdout)
     assert code == 128 + signal.SIGINT, output(stderr)[-3000:]
@@ -268,18 +275,14 @@ def test_up_restarts_a_killed_worker_and_loses_or_doubles_no_event(busy_artifact
 
         def embeddings_caught_up() -> bool:
             running()
-            stored = reader.read(list(expected))
             behind.clear()
-            behind.update({m: None if e is None else e.seq for m, e in stored.items()
-                           if e is None or e.seq != len(expected[m])})
+            behind.update(embeddings_behind(reader, {member: len(items) for member, items in expected.items()}))
             return not behind
 
         poll(embeddings_caught_up, 120, "every member's embedding to cover all its events",
              describe=lambda: f"members behind (stored seq): {dict(list(behind.items())[:5])} of {len(behind)}")
     finally:
-        if up.poll() is None:
-            os.killpg(up.pid, signal.SIGINT)
-        code = up.wait(timeout=120)
+        code = ctrl_c(up)
     text = output(stdout)
     assert code == 128 + signal.SIGINT, output(stderr)[-3000:]
     assert "restarted  stream 1 time after a crash, adapt 1 time after a crash" in text, text
