@@ -409,8 +409,8 @@ class Stack:
             if backoff is None:
                 self.info.processes[name] = f"exited {code}"
                 raise RuntimeError(
-                    f"{name} exited with code {code}, its {restarts.recent}th crash within "
-                    f"{self.config.restart_window_s:g} s; not restarting it again. The end of "
+                    f"{name} exited with code {code}: {restarts.recent} crashes within "
+                    f"{self.config.restart_window_s:g} s, so it is not restarted again. The end of "
                     f"{child.log_path}:\n{child.log_tail(30)}")
             self.info.processes[name] = f"exited {code}, restart in {backoff:g} s"
             log.warning("%s exited with code %s; restarting it in %g s. The end of %s:\n%s",
