@@ -81,10 +81,12 @@ def demo_query(dataset: InteractionLog, start: int, stop: int) -> DemoQuery:
                      candidates=[str(dataset.items.token(i)) for i in top])
 
 
-def score(url: str, member_id: str, candidates: list[str], timeout_s: float = 10.0) -> dict[str, Any]:
-    """POST /v1/score; the response body."""
+def score(url: str, member_id: str, candidates: list[str], token: str | None,
+          timeout_s: float = 10.0) -> dict[str, Any]:
+    """POST /v1/score (with the service's bearer token, if it has one); the response body."""
     body = json.dumps({"member_id": member_id, "candidates": candidates}).encode()
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+    request = urllib.request.Request(url, data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as reply:
             return json.loads(reply.read())
@@ -92,10 +94,10 @@ def score(url: str, member_id: str, candidates: list[str], timeout_s: float = 10
         raise RuntimeError(f"POST {url} answered {error.code}: {error.read().decode(errors='replace')}") from None
 
 
-def score_demo_member(url: str, query: DemoQuery) -> list[str]:
+def score_demo_member(url: str, query: DemoQuery, token: str | None) -> list[str]:
     """Rank the candidates for the busiest member and for a new one; the lines to print."""
-    member = score(url, query.member_id, query.candidates)
-    cold = score(url, COLD_MEMBER, query.candidates)
+    member = score(url, query.member_id, query.candidates, token)
+    cold = score(url, COLD_MEMBER, query.candidates, token)
     used = member["embedding"]
     how = (f"its adapted embedding (adapted after {used['seq']} events, {used['age_s']:.1f} s old, "
            f"model {used['model_version']})" if used["source"] == "adapted"

@@ -306,23 +306,22 @@ class Stack:
         kafka_args += ["--config", str(self.config_file)] if self.config_file else []
         feast_args = ["--repo-dir", str(feast.repo_dir), "--online-store", config.online_store]
         artifacts = str(config.artifacts_dir.resolve())
-        # The view scrapes the workers' pages over plain HTTP without a token: a configured
-        # token or certificate is not applied to this local stack.
-        open_pages = ["--web-api-token", "", "--web-api-token-file", ""]
-        open_service = ["--api-token", "", "--api-token-file", "", "--ssl-certfile", "", "--ssl-keyfile", ""]
+        # The workers read their bearer tokens from the config file and the environment, as the
+        # view does to scrape them; the service runs over plain HTTP on its loopback default.
+        tokens = self._configured_tokens()
+        plain_http = ["--ssl-certfile", "", "--ssl-keyfile", ""]
         commands = {
             "stream": (["stream", "--data-dir", str(self.work / "stream"), "--web-port", str(config.stream_port),
                         "--max-staleness-s", str(config.max_staleness_s),
-                        "--check-interval-s", str(CHECK_INTERVAL_S), *open_pages], config.stream_port),
+                        "--check-interval-s", str(CHECK_INTERVAL_S)], config.stream_port),
             "adapt": (["adapt", "--data-dir", str(self.work / "adapt"), "--web-port", str(config.adapt_port),
-                       "--artifacts-dir", artifacts, "--device", config.device, *feast_args, *open_pages],
-                      config.adapt_port),
+                       "--artifacts-dir", artifacts, "--device", config.device, *feast_args], config.adapt_port),
             "serve": (["serve", "--host", config.host, "--port", str(config.serve_port),
-                       "--artifacts-dir", artifacts, *feast_args, *open_service], config.serve_port),
+                       "--artifacts-dir", artifacts, *feast_args, *plain_http], config.serve_port),
         }
         started = time.monotonic()
         for name, (args, port) in commands.items():
-            self.workers[name] = Child(name, [*args, *kafka_args], port, self.logs).spawn()
+            self.workers[name] = Child(name, [*args, *kafka_args], port, self.logs, tokens[name]).spawn()
             self.info.processes[name] = f":{port} starting"
         self._write_pids()
         poll(lambda: not [name for name, child in self.workers.items() if not child.ready()],  # all checked
@@ -368,7 +367,7 @@ class Stack:
             from .demo import demo_query, score_demo_member
 
             query = demo_query(dataset, 0, self.info.replay_total)
-            for text in score_demo_member(self.info.score_url, query):
+            for text in score_demo_member(self.info.score_url, query, self.workers["serve"].token):
                 self.view.note(text)
             self._snapshot()  # the summary counts the two scoring requests
             outcome.ended = "done"
@@ -460,6 +459,18 @@ class Stack:
             children["broker"] = broker
         self.pids.write(children, bootstrap=self.bootstrap, work_dir=str(self.work),
                         ports={name: getattr(self.config, f"{name}_port") for name in WORKERS})
+
+    def _configured_tokens(self) -> dict[str, str | None]:
+        """The bearer token each worker's pages require (None: open), from where they read it."""
+        from limaml.serving.config import ServeConfig
+        from limaml.stream.config import AdaptConfig, StreamConfig
+
+        sections = (Section.of("stream", StreamConfig), Section.of("adapt", AdaptConfig),
+                    Section.of("serve", ServeConfig))
+        values = resolve(sections, self.config_file, None)
+        return {"stream": StreamConfig(**values["stream"]).web_token(),
+                "adapt": AdaptConfig(**values["adapt"]).web_token(),
+                "serve": ServeConfig(**values["serve"]).bearer_token()}
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

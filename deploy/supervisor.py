@@ -145,8 +145,9 @@ class Restarts:
 class Child(Worker):
     """A `limaml <command>` child in its own session (and process group)."""
 
-    def __init__(self, name: str, args: list[str], web_port: int, log_dir: Path) -> None:
-        super().__init__(name, args, web_port, log_dir)
+    def __init__(self, name: str, args: list[str], web_port: int, log_dir: Path,
+                 token: str | None = None) -> None:
+        super().__init__(name, args, web_port, log_dir, token)
         self.started: int | None = None
 
     def spawn(self) -> Child:

@@ -133,10 +133,12 @@ def poll(check: Callable[[], T | None], timeout_s: float, what: str, interval_s:
 class Worker:
     """One `limaml <command>` process with its log in a file."""
 
-    def __init__(self, name: str, args: list[str], web_port: int, log_dir: Path) -> None:
+    def __init__(self, name: str, args: list[str], web_port: int, log_dir: Path,
+                 token: str | None = None) -> None:
         self.name = name
         self.args = args
         self.web_port = web_port
+        self.token = token  # the bearer token its HTTP pages require, None when they are open
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -163,8 +165,10 @@ class Worker:
         return True
 
     def get(self, path: str) -> bytes | None:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        request = urllib.request.Request(f"http://127.0.0.1:{self.web_port}{path}", headers=headers)
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=5) as reply:
+            with urllib.request.urlopen(request, timeout=5) as reply:
                 return reply.read()
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return None

@@ -181,11 +181,11 @@ def test_tokens_https_and_a_redis_password_guard_the_pipeline_and_no_secret_leak
             assert secret.encode() not in text
 
 
-def test_limaml_demo_runs_open_with_tokens_configured_and_shows_no_secret(
+def test_limaml_demo_runs_with_the_configured_tokens_and_shows_no_secret(
         kafka_bootstrap: str, redis_url: str, tmp_path: Path) -> None:
-    """`limaml up` (here its finite run, `limaml demo`) scrapes its workers over plain HTTP
-    without a token: configured tokens do not stop it, and the Redis password, given apart
-    from the URL, reaches every process and shows in none of its output."""
+    """`limaml up` (here its finite run, `limaml demo`) keeps the tokens configured for its
+    workers and scrapes and scores with them; the Redis password, given apart from the URL,
+    reaches every process; no secret shows in any of its output."""
     dataset = load_dataset(DATASET)
     artifacts = tmp_path / "artifacts"
     save_tiny_model(artifacts, dataset)
