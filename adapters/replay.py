@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, Message, Producer
 from tqdm import tqdm
 
 from limaml.adapters.events import InteractionEvent, events_from_log
@@ -145,15 +145,10 @@ def replay_events(events: Iterable[InteractionEvent], producer: Producer, topic:
 
 def connect(kafka: KafkaConfig, config: ReplayConfig, topic: str) -> Producer:
     """An idempotent producer, once the broker answered and the limaml topics exist."""
-    producer = Producer({"bootstrap.servers": kafka.bootstrap, "enable.idempotence": True,
+    ensure_topics(kafka, config.connect_timeout_s)  # a KafkaConnectionError says why it cannot connect
+    producer = Producer({**kafka.client_config(), "enable.idempotence": True,
                          "partitioner": PRODUCER_PARTITIONER, "client.id": "limaml-replay"},
                         logger=log)  # librdkafka's complaints through logging, not stderr
-    try:
-        producer.list_topics(timeout=config.connect_timeout_s)  # no topic named: none auto-created
-    except KafkaException as error:
-        raise ConfigError(f"no Kafka broker answers at bootstrap {kafka.bootstrap} within "
-                          f"{config.connect_timeout_s} s: {error.args[0].str()}") from None
-    ensure_topics(kafka, config.connect_timeout_s)
     found = producer.list_topics(topic, timeout=config.connect_timeout_s).topics.get(topic)
     if found is None or found.error is not None:
         reason = found.error.str() if found is not None and found.error is not None else "not listed"

@@ -3,7 +3,7 @@
 # for development, the integration tests and CI.
 #
 #   deploy/kafka.sh fetch                     download the broker jars from Maven Central (once)
-#   deploy/kafka.sh start  [--data-dir DIR] [--port PORT] [--brokers 1|3]
+#   deploy/kafka.sh start  [--data-dir DIR] [--port PORT] [--brokers 1|3] [--secure]
 #   deploy/kafka.sh stop   [--data-dir DIR] [--node ID]
 #   deploy/kafka.sh status [--data-dir DIR]
 #
@@ -11,12 +11,25 @@
 #   export "$(deploy/kafka.sh start)"
 # sets the variable the tests and the workers read. Everything else goes to stderr.
 #
+# Secured mode (`start --secure`, or LIMAML_KAFKA_SECURITY=sasl_ssl; a data dir keeps the
+# mode it was first started with): the client listener speaks SASL_SSL with SCRAM-SHA-512
+# only. At the first start the script makes a CA and a broker certificate for 127.0.0.1
+# (openssl) and two SCRAM users with random passwords, `admin` (between brokers) and
+# `limaml` (the clients), created when the storage is formatted. Nothing of it is
+# committed: it all lives in the data dir, and
+#   DIR/client.env   LIMAML_KAFKA_* settings for a limaml client (bootstrap, protocol,
+#                    mechanism, user, password file, CA file): `set -a; . DIR/client.env`
+# The controller quorum stays PLAINTEXT on loopback.
+#
 # Layout of a data dir (default $PWD/.cache/kafka):
 #   cluster.env                   cluster id, base port and broker count, kept across restarts
 #   node-<id>/server.properties   generated at every start
 #   node-<id>/log4j2.properties   broker logging: to node-<id>/logs/server.log, not the terminal
 #   node-<id>/kafka.pid           pid of the running broker
 #   node-<id>/data/               the Kafka log dirs (topics and the KRaft metadata log)
+#   tls/ca.pem, tls/broker.pem    secured mode: the CA and the broker's key and certificate
+#   secrets/<user>.password       secured mode: the SCRAM users' passwords (mode 600)
+#   client.env                    secured mode: a client's settings (above)
 #
 # Ports: node <id> (1-based) listens for clients on PORT + 2*(id-1) and for the KRaft
 # controller quorum on the port after it (single node: PORT and PORT+1). Loopback only.
@@ -26,6 +39,7 @@
 #   LIMAML_KAFKA_VERSION        Kafka release              (default below; keep docker-compose.yml in step)
 #   LIMAML_KAFKA_DIR            data dir                   (default $PWD/.cache/kafka)
 #   LIMAML_KAFKA_PORT           base client port           (default 9092)
+#   LIMAML_KAFKA_SECURITY       plaintext or sasl_ssl      (default plaintext; --secure: sasl_ssl)
 #   LIMAML_KAFKA_PARTITIONS     num.partitions for auto-created topics (default 1)
 #   LIMAML_KAFKA_RETENTION_HOURS  log.retention.hours      (default 168)
 #   LIMAML_KAFKA_HEAP_OPTS      JVM heap per broker        (default "-Xms128m -Xmx512m"; with
@@ -188,6 +202,22 @@ api_versions_ok() {
     [[ ${reply:8:12} == 000000070000 ]]
 }
 
+# The same request through TLS (secured mode): a SASL listener answers ApiVersions before
+# authentication. s_client -quiet keeps the connection open after the request is written;
+# head closes it once the reply is in.
+api_versions_ok_tls() {
+    local port=$1 reply
+    reply=$(printf '\x00\x00\x00\x0a\x00\x12\x00\x00\x00\x00\x00\x07\xff\xff' \
+        | timeout 3 openssl s_client -quiet -connect "$HOST:$port" -CAfile "$TLS_DIR/ca.pem" \
+            -verify_return_error 2>/dev/null \
+        | head -c 10 | od -An -tx1 | tr -d ' \n') || true
+    [[ ${reply:8:12} == 000000070000 ]]
+}
+
+broker_answers() {
+    if [[ $SECURITY == sasl_ssl ]]; then api_versions_ok_tls "$1"; else api_versions_ok "$1"; fi
+}
+
 port_in_use() { (exec 8<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 # The last lines of a node's logs, for error messages.
@@ -222,11 +252,7 @@ node.id=$id
 controller.quorum.voters=$voters
 controller.listener.names=CONTROLLER
 
-# --- Listeners, loopback only.
-listeners=PLAINTEXT://$HOST:$(broker_port "$id"),CONTROLLER://$HOST:$(controller_port "$id")
-advertised.listeners=PLAINTEXT://$HOST:$(broker_port "$id")
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+$(listener_config "$id")
 
 # --- Storage.
 log.dirs=$dir/data
@@ -289,6 +315,67 @@ logger.statechange.level = WARN
 EOF
 }
 
+# The listeners, loopback only: PLAINTEXT, or (secured mode) SASL_SSL with SCRAM-SHA-512 for
+# clients and between brokers, the broker's key and certificate as PEM. The controller
+# quorum stays PLAINTEXT.
+listener_config() {
+    local id=$1 client=PLAINTEXT
+    [[ $SECURITY == sasl_ssl ]] && client=SASL_SSL
+    cat <<END
+# --- Listeners, loopback only.
+listeners=$client://$HOST:$(broker_port "$id"),CONTROLLER://$HOST:$(controller_port "$id")
+advertised.listeners=$client://$HOST:$(broker_port "$id")
+inter.broker.listener.name=$client
+listener.security.protocol.map=$client:$client,CONTROLLER:PLAINTEXT
+END
+    [[ $SECURITY == sasl_ssl ]] || return 0
+    cat <<END
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$(<"$SECRETS_DIR/admin.password")";
+ssl.keystore.type=PEM
+ssl.keystore.location=$TLS_DIR/broker.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.pem
+ssl.endpoint.identification.algorithm=https
+END
+}
+
+# Secured mode, once per data dir: a CA, a broker certificate for $HOST signed by it, the
+# SCRAM users' random passwords, and client.env. The CA's key is deleted once it has signed.
+make_security_files() {
+    [[ -f $DATA_DIR/client.env ]] && return 0
+    command -v openssl >/dev/null 2>&1 || die "openssl is needed for --secure (the CA and broker certificate)"
+    mkdir -p "$TLS_DIR" "$SECRETS_DIR"
+    chmod 700 "$SECRETS_DIR"
+    local user
+    for user in admin limaml; do
+        (umask 077; head -c 24 /dev/urandom | base64 | tr -d '+/=\n' >"$SECRETS_DIR/$user.password")
+    done
+    (
+        cd "$TLS_DIR"
+        umask 077
+        openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj "/CN=limaml local Kafka CA" \
+            -keyout ca.key -out ca.pem
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=$HOST" -keyout broker.key -out broker.csr
+        printf 'subjectAltName=IP:%s,DNS:localhost\n' "$HOST" >broker.ext
+        openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
+            -extfile broker.ext -out broker.crt
+        cat broker.key broker.crt >broker.pem
+        rm -f ca.key ca.srl broker.csr broker.ext broker.key broker.crt
+        chmod 644 ca.pem
+    ) >"$DATA_DIR/tls.log" 2>&1 || { cat "$DATA_DIR/tls.log" >&2; die "making the TLS certificates failed"; }
+    cat >"$DATA_DIR/client.env" <<END
+# Written by deploy/kafka.sh start --secure: a limaml client's [kafka] settings.
+LIMAML_KAFKA_BOOTSTRAP=$(bootstrap_servers)
+LIMAML_KAFKA_SECURITY_PROTOCOL=SASL_SSL
+LIMAML_KAFKA_SASL_MECHANISM=SCRAM-SHA-512
+LIMAML_KAFKA_SASL_USERNAME=limaml
+LIMAML_KAFKA_SASL_PASSWORD_FILE=$SECRETS_DIR/limaml.password
+LIMAML_KAFKA_SSL_CAFILE=$TLS_DIR/ca.pem
+END
+}
+
 # Common JVM flags: classpath, logging, a small heap (broker and workers share the box).
 jvm_flags() {
     local dir
@@ -312,8 +399,14 @@ format_node() {
     [[ -f $dir/data/meta.properties ]] && return 0
     local flags
     mapfile -t flags < <(jvm_flags "$id")
+    local users=() user
+    if [[ $SECURITY == sasl_ssl ]]; then
+        for user in admin limaml; do
+            users+=(--add-scram "SCRAM-SHA-512=[name=$user,password=$(<"$SECRETS_DIR/$user.password")]")
+        done
+    fi
     "$JAVA" "${flags[@]}" kafka.tools.StorageTool format \
-        --cluster-id "$CLUSTER_ID" --config "$dir/server.properties" \
+        --cluster-id "$CLUSTER_ID" --config "$dir/server.properties" "${users[@]}" \
         >"$dir/logs/format.log" 2>&1 \
         || { cat "$dir/logs/format.log" >&2; die "formatting the storage of node $id failed"; }
 }
@@ -346,7 +439,7 @@ wait_ready() {
                 show_logs "$id"
                 return 1
             fi
-            api_versions_ok "$(broker_port "$id")" || pending=1
+            broker_answers "$(broker_port "$id")" || pending=1
         done
         ((pending == 0)) && return 0
         if ((SECONDS >= deadline)); then
@@ -366,6 +459,7 @@ parse_opts() {
     OPT_PORT="${LIMAML_KAFKA_PORT:-}"
     OPT_BROKERS=""
     OPT_NODE=""
+    OPT_SECURITY="${LIMAML_KAFKA_SECURITY:-}"
     while (($#)); do
         case $1 in
             --data-dir) DATA_DIR=${2:?--data-dir needs a value}; shift 2 ;;
@@ -376,6 +470,7 @@ parse_opts() {
             --brokers=*) OPT_BROKERS=${1#*=}; shift ;;
             --node) OPT_NODE=${2:?--node needs a value}; shift 2 ;;
             --node=*) OPT_NODE=${1#*=}; shift ;;
+            --secure) OPT_SECURITY=sasl_ssl; shift ;;
             -h | --help) usage; exit 0 ;;
             *) die "unknown option $1 (see $0 --help)" ;;
         esac
@@ -383,6 +478,8 @@ parse_opts() {
     [[ -z $OPT_PORT || $OPT_PORT =~ ^[0-9]+$ ]] || die "--port must be a number"
     [[ -z $OPT_BROKERS || $OPT_BROKERS =~ ^[1-9]$ ]] || die "--brokers must be 1..9"
     [[ -z $OPT_NODE || $OPT_NODE =~ ^[1-9]$ ]] || die "--node must be 1..9"
+    [[ -z $OPT_SECURITY || $OPT_SECURITY == plaintext || $OPT_SECURITY == sasl_ssl ]] \
+        || die "LIMAML_KAFKA_SECURITY must be plaintext or sasl_ssl, got $OPT_SECURITY"
     resolve_data_dir
 }
 
@@ -395,12 +492,14 @@ resolve_data_dir() {
         DATA_DIR="$PWD/$DATA_DIR"
     fi
     STATE_FILE="$DATA_DIR/cluster.env"
+    TLS_DIR="$DATA_DIR/tls"
+    SECRETS_DIR="$DATA_DIR/secrets"
 }
 
 # Defaults, overridden by what this data dir was last started with (cluster.env),
 # overridden by explicit options. Call it holding the data dir lock where it matters.
 load_state() {
-    CLUSTER_ID="" PORT=9092 BROKERS=1
+    CLUSTER_ID="" PORT=9092 BROKERS=1 SECURITY=plaintext
     local key value
     if [[ -f $STATE_FILE ]]; then
         while IFS='=' read -r key value; do
@@ -408,11 +507,16 @@ load_state() {
                 CLUSTER_ID) CLUSTER_ID=$value ;;
                 PORT) PORT=$value ;;
                 BROKERS) BROKERS=$value ;;
+                SECURITY) SECURITY=$value ;;
             esac
         done <"$STATE_FILE"
     fi
     SAVED_PORT=$PORT
     FORMATTED_BROKERS=$BROKERS
+    if [[ -f $STATE_FILE && -n $OPT_SECURITY && $OPT_SECURITY != "$SECURITY" ]]; then
+        die "$DATA_DIR holds a $SECURITY cluster; use another --data-dir (or delete it) for $OPT_SECURITY"
+    fi
+    SECURITY=${OPT_SECURITY:-$SECURITY}
     PORT=${OPT_PORT:-$PORT}
     BROKERS=${OPT_BROKERS:-$BROKERS}
     ((PORT > 0 && PORT + 2 * BROKERS < 65536)) || die "port $PORT out of range"
@@ -425,6 +529,7 @@ KAFKA_VERSION=$KAFKA_VERSION
 CLUSTER_ID=$CLUSTER_ID
 PORT=$PORT
 BROKERS=$BROKERS
+SECURITY=$SECURITY
 EOF
 }
 
@@ -473,6 +578,7 @@ cmd_start() {
         done
         [[ -n $CLUSTER_ID ]] || CLUSTER_ID=$(new_cluster_id)
         save_state
+        if [[ $SECURITY == sasl_ssl ]]; then make_security_files; fi
         for id in "${stopped[@]}"; do
             write_node_config "$id"
             format_node "$id"
@@ -488,6 +594,9 @@ cmd_start() {
         die "Kafka did not become ready; logs are in $DATA_DIR/node-*/logs/"
     fi
     ((${#stopped[@]})) && log "ready after $((SECONDS - t0)) s; logs in $DATA_DIR/node-*/logs/server.log"
+    if [[ $SECURITY == sasl_ssl ]]; then
+        log "secured (SASL_SSL, SCRAM-SHA-512): client settings in $DATA_DIR/client.env, CA $TLS_DIR/ca.pem"
+    fi
     echo "KAFKA_BOOTSTRAP=$(bootstrap_servers)"
 }
 
@@ -538,7 +647,7 @@ cmd_status() {
         pid=$(node_pid "$id")
         if [[ -z $pid ]]; then
             echo "node $id: stopped"
-        elif api_versions_ok "$(broker_port "$id")"; then
+        elif broker_answers "$(broker_port "$id")"; then
             echo "node $id: running, pid $pid, $HOST:$(broker_port "$id")"
             up=$((up + 1)) ready=$((ready + 1))
         else

@@ -122,7 +122,7 @@ class KafkaProgress:
 
     def __init__(self, kafka: KafkaConfig) -> None:
         names = TopicNames(kafka.topic_prefix)
-        connection = {"bootstrap.servers": kafka.bootstrap, "enable.auto.commit": False}
+        connection = {**kafka.client_config(), "enable.auto.commit": False}
         self.consumers = {group: Consumer({**connection, "group.id": group})
                           for group in ("limaml-up-progress", kafka.faust_app_id("stream"),
                                         kafka.faust_app_id("adapt"))}

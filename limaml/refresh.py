@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class RefreshRequester:
     def __init__(self, kafka: KafkaConfig) -> None:
         self.topic = TopicNames(kafka.topic_prefix).refresh_requests
-        self.producer = Producer({"bootstrap.servers": kafka.bootstrap,
+        self.producer = Producer({**kafka.client_config(),
                                   "partitioner": PRODUCER_PARTITIONER, "linger.ms": 5,
                                   "message.timeout.ms": 30_000,
                                   # the workers create the topic with the configured partitions

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from limaml.settings import ConfigError
+from limaml.settings import ConfigError, read_secret
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,19 @@ PRODUCER_ACKS = -1
 has it (at least `KafkaConfig.min_insync_replicas`). Not configurable: acks=1 loses the
 acknowledged writes a failed leader had not replicated yet. (The confluent-kafka producers are
 idempotent, which implies acks=all.)"""
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("SCRAM-SHA-512", "PLAIN")
+PASSWORD_FIELDS = ("sasl_password", "sasl_password_file")
+"""The settings that give the SASL password (for a file or an environment variable, and off
+command lines)."""
+
+
+class KafkaConnectionError(ConfigError):
+    """No connection to the cluster: no broker answers, the credentials are refused, or the
+    listener speaks another protocol (the bootstrap or the security settings are wrong).
+    The message says which."""
 
 
 def member_partition(member_id: str, partitions: int) -> int:
@@ -43,14 +58,78 @@ class KafkaConfig:
     replication_factor: int = 1  # copies of each partition of the topics limaml creates (3 on a production cluster)
     min_insync_replicas: int = 0  # copies a write must reach before it is acknowledged (2 with 3 copies; 0: the broker's default)
     session_timeout_s: float = 10.0  # a worker silent this long loses its partitions to the others
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL
+    sasl_mechanism: str = "SCRAM-SHA-512"  # SCRAM-SHA-512 or PLAIN (with SASL_*)
+    sasl_username: str = ""  # SASL user (with SASL_*)
+    sasl_password: str = field(default="", repr=False)  # SASL password (with SASL_*); never logged
+    sasl_password_file: str = ""  # file holding sasl_password, read at start (a mounted secret)
+    ssl_cafile: str = ""  # CA certificate(s), PEM, the brokers' certificates are checked against (with SSL, SASL_SSL; "": the system's)
+    ssl_client_certfile: str = ""  # client certificate, PEM, for brokers that require one (with SSL, SASL_SSL)
+    ssl_client_keyfile: str = ""  # the client certificate's private key, PEM
 
     def __post_init__(self) -> None:
+        self._check_security()
         if self.replication_factor < 1:
             raise ConfigError(f"replication_factor must be >= 1, got {self.replication_factor}")
         if not 0 <= self.min_insync_replicas <= self.replication_factor:
             raise ConfigError(f"min_insync_replicas must be between 0 (the broker's default) and "
                               f"replication_factor ({self.replication_factor}), got "
                               f"{self.min_insync_replicas}: no write could be acknowledged")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    def _check_security(self) -> None:
+        """Fail at start, with what to change, on a combination that could not connect or
+        would silently ignore a credential."""
+        if self.security_protocol not in SECURITY_PROTOCOLS:
+            raise ConfigError(f"security_protocol must be one of {', '.join(SECURITY_PROTOCOLS)}, "
+                              f"got {self.security_protocol!r}")
+        if self.sasl_mechanism not in SASL_MECHANISMS:
+            raise ConfigError(f"sasl_mechanism must be {' or '.join(SASL_MECHANISMS)}, got {self.sasl_mechanism!r}")
+        password = self.sasl_secret()
+        if self.uses_sasl and not (self.sasl_username and password):
+            raise ConfigError(f"security_protocol {self.security_protocol} needs sasl_username and "
+                              "sasl_password (or sasl_password_file)")
+        if not self.uses_sasl and (self.sasl_username or password):
+            raise ConfigError(f"sasl_username/sasl_password are set but security_protocol is "
+                              f"{self.security_protocol}: use SASL_SSL (or SASL_PLAINTEXT)")
+        tls_files = {"ssl_cafile": self.ssl_cafile, "ssl_client_certfile": self.ssl_client_certfile,
+                     "ssl_client_keyfile": self.ssl_client_keyfile}
+        given = [name for name, path in tls_files.items() if path]
+        if given and not self.uses_tls:
+            raise ConfigError(f"{', '.join(given)} set but security_protocol is {self.security_protocol}: "
+                              "use SSL or SASL_SSL")
+        if bool(self.ssl_client_certfile) != bool(self.ssl_client_keyfile):
+            raise ConfigError("give ssl_client_certfile and ssl_client_keyfile together "
+                              "(a client certificate and its key)")
+        for name in given:
+            if not Path(tls_files[name]).is_file():
+                raise ConfigError(f"{name} {tls_files[name]} does not exist")
+
+    def sasl_secret(self) -> str:
+        """The SASL password, from `sasl_password` or read from `sasl_password_file`."""
+        return read_secret(self.sasl_password, self.sasl_password_file, "sasl_password")
+
+    def client_config(self) -> dict[str, Any]:
+        """The librdkafka (confluent-kafka) settings of a producer, consumer or admin client
+        of this cluster: its address and the security settings. Holds the password: never log it."""
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap,
+                                  "security.protocol": self.security_protocol}
+        if self.uses_sasl:
+            config |= {"sasl.mechanisms": self.sasl_mechanism, "sasl.username": self.sasl_username,
+                       "sasl.password": self.sasl_secret()}
+        if self.ssl_cafile:
+            config["ssl.ca.location"] = self.ssl_cafile
+        if self.ssl_client_certfile:
+            config |= {"ssl.certificate.location": self.ssl_client_certfile,
+                       "ssl.key.location": self.ssl_client_keyfile}
+        return config
 
     @property
     def topic_config(self) -> dict[str, str]:
@@ -153,7 +232,7 @@ def topic_specs(config: KafkaConfig) -> dict[str, dict[str, str]]:
 
 def ensure_topics(config: KafkaConfig, timeout_s: float = 30.0) -> None:
     """Create missing topics; fail if an existing one has another partition count."""
-    admin = AdminClient({"bootstrap.servers": config.bootstrap})
+    admin = connect_admin(config, timeout_s)
     existing = admin.list_topics(timeout=timeout_s).topics
     specs = topic_specs(config)
     missing = [NewTopic(name, num_partitions=config.partitions,
@@ -180,3 +259,28 @@ def ensure_topics(config: KafkaConfig, timeout_s: float = 30.0) -> None:
         raise ValueError(f"topics {wrong} do not have {config.partitions} partitions: members "
                          "would not be co-partitioned. Use the same --partitions everywhere, "
                          "or recreate the topics.")
+
+
+def connect_admin(config: KafkaConfig, timeout_s: float = 30.0) -> AdminClient:
+    """An admin client that has reached the cluster. Otherwise a KafkaConnectionError with
+    the client's last error (refused credentials, a TLS listener spoken to in plaintext, no
+    broker) once timeout_s has passed, or at once when the credentials are refused."""
+    errors: list[KafkaError] = []
+    admin = AdminClient(config.client_config() | {"error_cb": errors.append})
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+            return admin
+        except KafkaException:
+            admin.poll(0)  # serves error_cb
+        refused = next((error for error in errors if error.code() == KafkaError._AUTHENTICATION), None)
+        if refused is not None:
+            raise KafkaConnectionError(f"Kafka at {config.bootstrap} refused sasl_username "
+                                       f"{config.sasl_username!r} ({config.sasl_mechanism}): {refused.str()}")
+        if time.monotonic() > deadline:
+            causes = [error for error in errors if error.code() != KafkaError._ALL_BROKERS_DOWN]
+            reason = (causes or errors)[-1].str() if errors else "no answer"
+            raise KafkaConnectionError(f"no Kafka broker answers at bootstrap {config.bootstrap} with "
+                                       f"security_protocol {config.security_protocol} within {timeout_s} s: "
+                                       f"{reason}")

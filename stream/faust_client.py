@@ -10,12 +10,14 @@
 2. A pre-commit flush that drains every buffered table write (see
    `drain_changelog_writes_before_commits`).
 
-And every topic Faust creates itself (table changelogs, internal topics) gets limaml's topic
+The apps connect with `[kafka]`'s security settings (see `broker_credentials`). And every
+topic Faust creates itself (table changelogs, internal topics) gets limaml's topic
 config, `min.insync.replicas` above all (see `create_topics_with`).
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,10 +46,30 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):
 
 def create_faust_app(kafka: KafkaConfig, role: str, **settings: Any) -> faust.App:
     """A Faust app of one worker kind ("stream", "adapt") with limaml's shared Kafka settings."""
-    app = faust.App(kafka.faust_app_id(role), **kafka.faust_settings(), **settings)
+    app = faust.App(kafka.faust_app_id(role), **kafka.faust_settings(),
+                    broker_credentials=broker_credentials(kafka), **settings)
     app.transport.Consumer = LowLatencyConsumer  # before `app.consumer` is first created
     create_topics_with(app, kafka.topic_config)
     return app
+
+
+def broker_credentials(kafka: KafkaConfig) -> faust.types.auth.CredentialsT | None:
+    """Faust's `broker_credentials` for `kafka`'s security settings; None for PLAINTEXT."""
+    if kafka.uses_sasl:
+        return faust.SASLCredentials(username=kafka.sasl_username, password=kafka.sasl_secret(),
+                                     mechanism=kafka.sasl_mechanism,
+                                     ssl_context=tls_context(kafka) if kafka.uses_tls else None)
+    if kafka.uses_tls:
+        return faust.SSLCredentials(tls_context(kafka))
+    return None
+
+
+def tls_context(kafka: KafkaConfig) -> ssl.SSLContext:
+    """The TLS context of the aiokafka clients: the CA, and the client certificate if any."""
+    context = ssl.create_default_context(cafile=kafka.ssl_cafile or None)
+    if kafka.ssl_client_certfile:
+        context.load_cert_chain(kafka.ssl_client_certfile, kafka.ssl_client_keyfile)
+    return context
 
 
 def create_topics_with(app: faust.App, topic_config: Mapping[str, str]) -> None:
