@@ -11,7 +11,9 @@ unanswered too long) and sends their adapt requests at once; it may read the tab
 not write them, so it also sends a `SentRequest` note that the member's owner records.
 Refresh requests (a scoring service saw an embedding of another model version) and
 backfills (a new model version became active) re-adapt members from their stored
-support sets.
+support sets. An erasure request (`limaml forget`) deletes the member's support set (a
+tombstone in the table's changelog) and is forwarded to the adaptation workers on
+adapt-requests, after any adapt request already sent for the member; they delete the rest.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from limaml.stream.metrics import StreamMetrics
 from limaml.stream.policy import (Example, TriggerPolicy, apply_event, due_reason,
                                   empty_support_set, mark_answered, mark_requested, mark_sent,
                                   next_check)
-from limaml.stream.records import (AdaptAnswer, AdaptRequest, RefreshRequest, SentRequest,
-                                   SupportSet)
+from limaml.stream.records import (AdaptAnswer, AdaptRequest, ErasureRequest, RefreshRequest,
+                                   SentRequest, SupportSet, erasure_of)
 from limaml.stream.web_auth import web_application_options
 from limaml.topics import KafkaConfig, TopicNames, member_partition
 
@@ -71,6 +73,8 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
     sent_requests = app.topic(names.sent_requests, key_type=str, value_type=SentRequest,
                               key_serializer="raw", internal=True, partitions=kafka.partitions)
     refresh_requests = app.topic(names.refresh_requests, key_type=str, value_type=RefreshRequest,
+                                 key_serializer="raw")
+    erasure_requests = app.topic(names.erasure_requests, key_type=str, value_type=ErasureRequest,
                                  key_serializer="raw")
     rocksdb_options = {"driver": "rocksdict", "block_cache_size": config.rocksdb_cache_mb * MB,
                        "block_cache_compressed_size": config.rocksdb_cache_mb * MB // 4,
@@ -194,6 +198,22 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
                 await backfill(event.message.partition, request.model_version)
                 continue
             await readapt(request.member_id, request.reason)
+
+    @app.agent(erasure_requests)
+    async def erase(stream: faust.StreamT) -> None:
+        async for request in stream:
+            forget(request.member_id)
+            await adapt_requests.send(key=request.member_id, value=erasure_of(
+                request.member_id, request.request_id, request.requested_at))
+            metrics.erasures.inc()
+
+    def forget(member_id: str) -> None:
+        """Delete the member's support set (Faust writes a tombstone to the changelog) and its
+        timer state: a later event starts the member afresh."""
+        if member_id in support_sets:
+            del support_sets[member_id]
+        check_times.pop(member_id, None)
+        timer_sent.pop(member_id, None)
 
     async def backfill(partition: int, model_version: str) -> None:
         """Re-adapt every member of `partition` (once per model version)."""

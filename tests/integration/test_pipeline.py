@@ -52,6 +52,7 @@ class Pipeline:
     feast_dir: Path
     work_dir: Path
     workers: list[Worker] = field(default_factory=list)
+    online_store: str = "sqlite"  # the adaptation workers' [feast] online_store
 
     @property
     def topics(self) -> TopicNames:
@@ -75,7 +76,8 @@ class Pipeline:
         port = free_port()
         worker = Worker("adapt", [
             "adapt", *self.kafka_args(), "--artifacts-dir", str(self.artifacts),
-            "--repo-dir", str(self.feast_dir), "--data-dir", str(self.work_dir / "adapt"),
+            "--repo-dir", str(self.feast_dir), "--online-store", self.online_store,
+            "--data-dir", str(self.work_dir / "adapt"),
             "--web-port", str(port), "--device", "cpu"], port, self.work_dir)
         self.workers.append(worker)
         return worker.start()
