@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from limaml.settings import ConfigError
-from limaml.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
+from limaml.topics import PRODUCER_PARTITIONER, KafkaConfig, KafkaConnectionError, TopicNames, ensure_topics
 
 log = logging.getLogger(__name__)
+
+SETUP_TIMEOUT_S = 30.0  # to reach the cluster and the answers topic's partition leaders
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,12 @@ def members_to_forget(member_ids: Iterable[str], from_file: Path | None) -> list
 
 def forget_members(kafka: KafkaConfig, member_ids: Sequence[str], timeout_s: float) -> list[Erasure]:
     """Request the members' erasure and wait up to `timeout_s` for every confirmation."""
-    ensure_topics(kafka, timeout_s)
+    ensure_topics(kafka, SETUP_TIMEOUT_S)
     names = TopicNames(kafka.topic_prefix)
     consumer = Consumer({**kafka.client_config(), "group.id": f"limaml-forget-{uuid.uuid4().hex}",
                          "enable.auto.commit": False}, logger=log)
     try:
-        _assign_at_end(consumer, names.erasure_answers, kafka.partitions, timeout_s)
+        _assign_at_end(consumer, names.erasure_answers, kafka.partitions)
         sent_at = _send_requests(kafka, names.erasure_requests, member_ids, timeout_s)
         answered = _await_answers(consumer, sent_at, time.monotonic() + timeout_s)
     finally:
@@ -68,18 +70,27 @@ def forget_members(kafka: KafkaConfig, member_ids: Sequence[str], timeout_s: flo
     return [Erasure(member, confirmed.get(member)) for member in member_ids]
 
 
-def _assign_at_end(consumer: Consumer, topic: str, partitions: int, timeout_s: float) -> None:
-    ends = [TopicPartition(topic, partition,
-                           consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)[1])
-            for partition in range(partitions)]
-    consumer.assign(ends)
+def _assign_at_end(consumer: Consumer, topic: str, partitions: int) -> None:
+    """Read every partition of `topic` from its end offset as it is now (a new topic's
+    partitions may need a moment to elect their leaders)."""
+    deadline = time.monotonic() + SETUP_TIMEOUT_S
+    while True:
+        try:
+            ends = [consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=SETUP_TIMEOUT_S)[1]
+                    for partition in range(partitions)]
+            break
+        except KafkaException as error:
+            if time.monotonic() > deadline:
+                raise KafkaConnectionError(f"no end offsets of {topic} within {SETUP_TIMEOUT_S} s: {error}") from error
+            time.sleep(0.1)
+    consumer.assign([TopicPartition(topic, partition, end) for partition, end in enumerate(ends)])
 
 
 def _send_requests(kafka: KafkaConfig, topic: str, member_ids: Sequence[str],
                    timeout_s: float) -> dict[str, tuple[str, float]]:
     """Send one request per member; request_id -> (member, when sent), for those the broker took."""
     producer = Producer({**kafka.client_config(), "partitioner": PRODUCER_PARTITIONER,
-                         "enable.idempotence": True, "message.timeout.ms": int(timeout_s * 1000),
+                         "enable.idempotence": True, "message.timeout.ms": int(max(timeout_s, SETUP_TIMEOUT_S) * 1000),
                          "allow.auto.create.topics": False}, logger=log)
     sent_at: dict[str, tuple[str, float]] = {}
     refused: list[bytes | None] = []
@@ -96,7 +107,7 @@ def _send_requests(kafka: KafkaConfig, topic: str, member_ids: Sequence[str],
             {"member_id": member_id, "request_id": request_id, "requested_at": now}))
         sent_at[request_id] = (member_id, time.monotonic())
         producer.poll(0)
-    producer.flush(timeout_s)
+    producer.flush(max(timeout_s, SETUP_TIMEOUT_S))
     return {request_id: sent for request_id, sent in sent_at.items() if sent[0].encode() not in refused}
 
 

@@ -164,3 +164,15 @@ def assert_erased(pipeline: Pipeline, dataset: InteractionLog, stream: Worker, m
         item = dataset.items.tokens[0]
         assert score_source(client, member, item) == "prior"
         assert score_source(client, kept, item) == "adapted"
+
+
+def test_forget_exits_non_zero_for_a_member_not_confirmed_in_time(
+        kafka_bootstrap: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """No worker runs: the request is sent, no answer comes."""
+    prefix = f"e{uuid.uuid4().hex[:10]}"
+    args = ["--bootstrap", kafka_bootstrap, "--topic-prefix", prefix, "--partitions", str(PARTITIONS)]
+    try:
+        assert main(["forget", "m1", "--timeout-s", "1", *args]) == 1
+    finally:
+        delete_topics_with_prefix(kafka_bootstrap, prefix)
+    assert capsys.readouterr().out == "m1 NOT confirmed within 1 s\n"
