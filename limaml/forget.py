@@ -59,7 +59,9 @@ def forget_members(kafka: KafkaConfig, member_ids: Sequence[str], timeout_s: flo
     ensure_topics(kafka, SETUP_TIMEOUT_S)
     names = TopicNames(kafka.topic_prefix)
     consumer = Consumer({**kafka.client_config(), "group.id": f"limaml-forget-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False}, logger=log)
+                         "enable.auto.commit": False,
+                         "fetch.wait.max.ms": 50},  # an answer is read when it comes, not up to 0.5 s later
+                        logger=log)
     try:
         _assign_at_end(consumer, names.erasure_answers, kafka.partitions)
         sent_at = _send_requests(kafka, names.erasure_requests, member_ids, timeout_s)
