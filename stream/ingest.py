@@ -96,6 +96,10 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
     while the member's check time is the one it was sent for (recording the request, or
     its answer, moves it). A cache only: losing it (a restart) costs at most one
     duplicate request."""
+    erasures: dict[str, int] = {}
+    """member_id -> erasures this worker applied since it started. A step that reads a support
+    set, awaits a send and writes the set back stores nothing if the member was forgotten
+    meanwhile (`store_unless_forgotten`): its write would bring the erased history back."""
 
     async def send_request(member_id: str, state: SupportSet, reason: str, now: float) -> None:
         await adapt_requests.send(key=member_id, value=AdaptRequest(
@@ -115,11 +119,11 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
     async def readapt(member_id: str, reason: str) -> None:
         """Re-adapt a member from its stored support set, unless it has none or a request is
         outstanding (and not timed out)."""
-        state, now = read(member_id), time.time()
+        state, now, erased = read(member_id), time.time(), erasures.get(member_id, 0)
         if state is None or (state.requested_seq >= 0 and due_reason(state, now, policy) != "timeout"):
             return
         await send_request(member_id, state, reason, now)
-        store(member_id, mark_requested(state, now))
+        store_unless_forgotten(member_id, mark_requested(state, now), erased)
 
     def read(member_id: str) -> SupportSet | None:
         raw = support_sets.get(member_id)
@@ -133,6 +137,12 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
             check_times.pop(member_id, None)
         else:
             check_times[member_id] = check_at
+
+    def store_unless_forgotten(member_id: str, state: SupportSet, erased_before: int) -> None:
+        """`store`, unless the member was forgotten since its set was read (erasures then
+        `erased_before`)."""
+        if erasures.get(member_id, 0) == erased_before:
+            store(member_id, state)
 
     @support_sets.on_recover
     async def index_check_times() -> None:
@@ -164,7 +174,7 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
                 context={k: float(v) for k, v in interaction.context.items()
                          if not isinstance(v, str)},
                 produced_at=message.timestamp)
-            before = read(member_id)
+            before, erased = read(member_id), erasures.get(member_id, 0)
             state = apply_event(before or empty_support_set(), example, message.offset, now,
                                 config.support_size)
             if state is None:
@@ -172,15 +182,16 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
                 continue
             metrics.events.inc()
             metrics.ingest_lag.observe(now - message.timestamp)
-            store(member_id, await request_if_due(member_id, state, now))
+            store_unless_forgotten(member_id, await request_if_due(member_id, state, now), erased)
 
     @app.agent(answers)
     async def answered(stream: faust.StreamT) -> None:
         async for answer in stream:
-            state = read(answer.member_id)
+            state, erased = read(answer.member_id), erasures.get(answer.member_id, 0)
             updated = mark_answered(state, answer.seq) if state is not None else None
             if updated is not None:
-                store(answer.member_id, await request_if_due(answer.member_id, updated, time.time()))
+                store_unless_forgotten(answer.member_id,
+                                       await request_if_due(answer.member_id, updated, time.time()), erased)
 
     @app.agent(sent_requests)
     async def record_sent(stream: faust.StreamT) -> None:
@@ -214,6 +225,7 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
             del support_sets[member_id]
         check_times.pop(member_id, None)
         timer_sent.pop(member_id, None)
+        erasures[member_id] = erasures.get(member_id, 0) + 1
 
     async def backfill(partition: int, model_version: str) -> None:
         """Re-adapt every member of `partition` (once per model version)."""
