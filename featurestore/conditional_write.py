@@ -15,6 +15,10 @@ and stored in Feast's layout (feast 0.67), so `get_online_features` reads them u
   serialized protobuf Timestamp. Optimistic: the entities' keys are WATCHed, read, tested and
   written in MULTI/EXEC; a write to any of them in between aborts the EXEC, and the batch is
   read and tested again.
+
+`delete_entities` erases entities from every view keyed by them, in one atomic step per store:
+a DELETE of their rows in every such table in one transaction (SQLite), a DEL of their hashes,
+which hold all those views' fields (Redis).
 """
 
 from __future__ import annotations
@@ -51,6 +55,36 @@ from redis import Redis, WatchError
 Accept = Callable[[int, dict[str, Any] | None], bool]
 FeastRow = tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]
 SQLITE_LOCK_TIMEOUT_S = 30.0  # how long a writer waits for another's transaction
+
+
+def delete_entities(store: FeatureStore, join_key: str, values: Sequence[str]) -> None:
+    """Delete the online rows of the entities whose (string) `join_key` is one of `values`, in
+    every feature view keyed by that join key alone, atomically (see the module)."""
+    if not values:
+        return
+    config: RepoConfig = store.config
+    online = config.online_store
+    entity_keys = [EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(string_val=value)])
+                   for value in values]
+    version = config.entity_key_serialization_version
+    if online.type == "redis":
+        nodes, params = RedisOnlineStore._parse_connection_string(online.connection_string)
+        with Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params) as client:
+            client.delete(*[_redis_key(config.project, key, entity_key_serialization_version=version)
+                            for key in entity_keys])
+        return
+    if online.type != "sqlite":
+        raise ValueError(f"deletes support the sqlite and redis online stores, not {online.type!r}")
+    versioning = config.registry.enable_online_feature_view_versioning
+    tables = [_quote_id(compute_table_id(config.project, view, versioning))
+              for view in store.list_feature_views(allow_cache=True)
+              if [column.name for column in view.entity_columns] == [join_key]]
+    keys = [serialize_entity_key(key, entity_key_serialization_version=version) for key in entity_keys]
+    with closing(sqlite3.connect(SqliteOnlineStore._get_db_path(config), timeout=SQLITE_LOCK_TIMEOUT_S,
+                                 isolation_level=None)) as db, db:
+        db.execute("BEGIN IMMEDIATE")
+        for table in tables:
+            db.execute(f"DELETE FROM {table} WHERE entity_key IN ({','.join('?' * len(keys))})", keys)
 
 
 class ConditionalWriter:

@@ -32,6 +32,7 @@ FEAST_SECTION = Section.of("feast", FeatureStoreConfig, SETTINGS)
 PROFILE_SECTIONS = (FEAST_SECTION,)
 WORKER_SECTIONS = {"stream": (Section.of("kafka", KafkaConfig), Section.of("stream", StreamConfig)),
                    "adapt": (Section.of("kafka", KafkaConfig), Section.of("adapt", AdaptConfig), FEAST_SECTION)}
+FORGET_SECTIONS = (Section.of("kafka", KafkaConfig),)
 SERVE_SECTIONS = (Section.of("kafka", KafkaConfig), Section.of("serve", ServeConfig), FEAST_SECTION)
 EVAL_SECTIONS = (Section.of("eval", EvalConfig), Section.of("train", TrainConfig, EVAL_TRAIN_FIELDS),
                  Section.of("model", ModelConfig, MODEL_TUNABLES), Section.of("baselines", BaselineConfig))
@@ -137,6 +138,20 @@ def run_profiles(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_forget(args: argparse.Namespace) -> int:
+    """Erase members from every store; one line each; 1 when any is not confirmed in time."""
+    from limaml.forget import forget_members, members_to_forget
+
+    members = members_to_forget(args.member_ids, args.from_file)
+    if args.timeout_s <= 0:
+        raise ConfigError(f"--timeout-s must be positive, got {args.timeout_s}")
+    settings = resolve(FORGET_SECTIONS, args.config, args)
+    erasures = forget_members(KafkaConfig(**settings["kafka"]), members, args.timeout_s)
+    for erasure in erasures:
+        sys.stdout.write(erasure.line(args.timeout_s) + "\n")
+    return 0 if all(erasure.seconds is not None for erasure in erasures) else 1
+
+
 def run_models(args: argparse.Namespace) -> int:
     root: Path = args.artifacts_dir
     if args.activate:
@@ -206,6 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     profiles.add_argument("--config", type=Path, help="TOML file with a [feast] table")
     add_arguments(profiles, PROFILE_SECTIONS)
     profiles.set_defaults(run=run_profiles)
+
+    forget = commands.add_parser(
+        "forget", help="erase members from every store (support set, online store, compacted "
+                       "embeddings) and wait for the confirmations; exit 1 if any is missing")
+    forget.add_argument("member_ids", nargs="*", metavar="MEMBER_ID", help="members to forget")
+    forget.add_argument("--from-file", type=Path, help="more member ids, one per line")
+    forget.add_argument("--timeout-s", type=float, default=30.0,
+                        help="how long to wait for the confirmations (default: 30)")
+    forget.add_argument("--config", type=Path, help="TOML file with a [kafka] table")
+    add_arguments(forget, FORGET_SECTIONS)
+    forget.set_defaults(run=run_forget)
 
     models = commands.add_parser("models", help="list model versions; show or set the active one")
     models.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"))

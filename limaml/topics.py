@@ -211,6 +211,17 @@ class TopicNames:
         return f"{self.prefix}.refresh-requests"
 
     @property
+    def erasure_requests(self) -> str:
+        """Members to forget (`limaml forget`), keyed by member_id: the member's stream worker
+        deletes its support set and forwards the erasure to the adaptation workers."""
+        return f"{self.prefix}.erasure-requests"
+
+    @property
+    def erasure_answers(self) -> str:
+        """Erasures done: every store cleaned of the member, keyed by member_id."""
+        return f"{self.prefix}.erasure-answers"
+
+    @property
     def meta_embeddings(self) -> str:
         """Compacted: the latest meta embedding of each member."""
         return f"{self.prefix}.meta-embeddings"
@@ -226,6 +237,8 @@ def topic_specs(config: KafkaConfig) -> dict[str, dict[str, str]]:
         names.adapt_requests: common,
         names.adapt_answers: common,
         names.refresh_requests: common,
+        names.erasure_requests: common,
+        names.erasure_answers: common,
         names.meta_embeddings: common | {"cleanup.policy": "compact"},  # the latest embedding per member
     }
 

@@ -10,6 +10,14 @@ When a new model version becomes active it asks the stream workers, one record p
 partition of `refresh-requests`, to backfill: re-adapt every member under the new version.
 A crash loses nothing: Kafka redelivers uncommitted requests, and the writer never lets a
 redelivered or late request replace a newer embedding.
+
+An erasure (`limaml forget`) arrives as an adapt request of reason ERASE, after every adapt
+request the stream worker sent for the member before it forgot the support set. The worker
+deletes the member's online rows (embedding and profile), writes a tombstone to the compacted
+`meta-embeddings` topic and answers on `erasure-answers`. The member's requests ahead of the
+erasure in the same batch are dropped, and those of earlier batches were written before, so
+no adaptation already requested brings the embedding back; a request after the erasure (a new
+event) starts the member afresh, from an empty support set and no profile.
 """
 
 from __future__ import annotations
@@ -29,12 +37,14 @@ from faust.web import Request, View
 from limaml.active_model import ActiveModel, ServedModel
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
-from limaml.featurestore.embeddings import EmbeddingWriter, MemberEmbedding
+from limaml.featurestore.conditional_write import delete_entities
+from limaml.featurestore.embeddings import JOIN_KEY, EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import read_member_profiles
 from limaml.stream.config import AdaptConfig
 from limaml.stream.faust_client import create_faust_app
 from limaml.stream.metrics import AdaptMetrics
-from limaml.stream.records import AdaptAnswer, AdaptRequest, MetaEmbedding, RefreshRequest
+from limaml.stream.records import (ERASE, AdaptAnswer, AdaptRequest, ErasureAnswer, MetaEmbedding,
+                                   RefreshRequest)
 from limaml.stream.web_auth import web_application_options
 from limaml.topics import KafkaConfig, TopicNames
 
@@ -49,6 +59,16 @@ def newest_requests(requests: list[AdaptRequest]) -> list[AdaptRequest]:
         if kept is None or request.seq > kept.seq:
             newest[request.member_id] = request
     return list(newest.values())
+
+
+def split_erasures(batch: list[AdaptRequest]) -> tuple[list[AdaptRequest], list[AdaptRequest]]:
+    """The batch's erasures, and the adapt requests that survive them: those after the member's
+    last erasure in the batch (an erasure wins over the requests before it)."""
+    last_erasure = {request.member_id: index for index, request in enumerate(batch) if request.reason == ERASE}
+    erasures = [request for request in batch if request.reason == ERASE]
+    survivors = [request for index, request in enumerate(batch)
+                 if request.reason != ERASE and index > last_erasure.get(request.member_id, -1)]
+    return erasures, survivors
 
 
 class BatchAdapter:
@@ -69,6 +89,11 @@ class BatchAdapter:
             writer = EmbeddingWriter(store, key[1], active_version=self.model.pointed_version)
             self._opened = (key, store, writer)
         return self._opened[1], self._opened[2]
+
+    def erase(self, member_ids: list[str]) -> None:
+        """Delete the members' online rows: embedding and profile."""
+        store, _ = self._open(self.model.current)
+        delete_entities(store, JOIN_KEY, member_ids)
 
     def __call__(self, requests: list[AdaptRequest]) -> tuple[list[MemberEmbedding], int]:
         """Adapt and store; returns the embeddings written (not superseded) and how many were not."""
@@ -114,6 +139,10 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
                               key_serializer="raw")
     refresh_topic = app.topic(names.refresh_requests, key_type=str, value_type=RefreshRequest,
                               key_serializer="raw")
+    tombstones_topic = app.topic(names.meta_embeddings, key_type=str, value_type=bytes,
+                                 key_serializer="raw", value_serializer="raw")  # value None
+    erasure_answers = app.topic(names.erasure_answers, key_type=str, value_type=ErasureAnswer,
+                                key_serializer="raw")
     torch.set_num_threads(config.torch_threads)
     model = ActiveModel(config.artifacts_dir, config.device, config.compile)
     adapter = BatchAdapter(model, feast)
@@ -121,33 +150,58 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
 
     @app.agent(requests_topic)
     async def adapt(stream: faust.StreamT) -> None:
-        loop = asyncio.get_running_loop()
         async for batch in stream.take(config.max_batch, within=config.max_wait_s):
             started = time.time()
-            requests = newest_requests(list(batch))
-            for request in requests:
-                metrics.request_wait.observe(started - request.requested_at)
-                metrics.trigger_delay.observe(request.requested_at - request.newest_produced_at)
-            written, superseded = await loop.run_in_executor(executor, adapter, requests)
-            done = time.time()
-            newest_produced = {r.member_id: r.newest_produced_at for r in requests}
-            for embedding in written:  # the compacted topic must not step back either
-                await embeddings_topic.send(key=embedding.member_id, value=MetaEmbedding(
-                    member_id=embedding.member_id, model_version=embedding.model_version,
-                    seq=embedding.seq, vector=[float(x) for x in embedding.vector],
-                    support_size=embedding.support_size, newest_event_ts=embedding.newest_event_ts,
-                    newest_produced_at=newest_produced[embedding.member_id],
-                    adapted_at=embedding.adapted_at / 1000.0))
-                metrics.freshness.observe(done - newest_produced[embedding.member_id])
-            written_members = {e.member_id for e in written}
-            for request in requests:
-                await answers_topic.send(key=request.member_id, value=AdaptAnswer(
-                    member_id=request.member_id, seq=request.seq,
-                    written=request.member_id in written_members))
+            erasures, survivors = split_erasures(list(batch))
+            if erasures:
+                await erase(erasures)
+            if survivors:
+                await adapt_and_publish(newest_requests(survivors), started)
+            if erasures:
+                await answer_erasures(erasures)
             metrics.batch_size.observe(len(batch))
-            metrics.batch_seconds.observe(done - started)
-            metrics.embeddings.inc(len(written))
-            metrics.skipped.inc(superseded)
+            metrics.batch_seconds.observe(time.time() - started)
+
+    async def adapt_and_publish(requests: list[AdaptRequest], started: float) -> None:
+        """Adapt, write the embeddings that are new, publish them and answer every request."""
+        for request in requests:
+            metrics.request_wait.observe(started - request.requested_at)
+            metrics.trigger_delay.observe(request.requested_at - request.newest_produced_at)
+        written, superseded = await asyncio.get_running_loop().run_in_executor(executor, adapter, requests)
+        done = time.time()
+        newest_produced = {r.member_id: r.newest_produced_at for r in requests}
+        for embedding in written:  # the compacted topic must not step back either
+            await embeddings_topic.send(key=embedding.member_id, value=MetaEmbedding(
+                member_id=embedding.member_id, model_version=embedding.model_version,
+                seq=embedding.seq, vector=[float(x) for x in embedding.vector],
+                support_size=embedding.support_size, newest_event_ts=embedding.newest_event_ts,
+                newest_produced_at=newest_produced[embedding.member_id],
+                adapted_at=embedding.adapted_at / 1000.0))
+            metrics.freshness.observe(done - newest_produced[embedding.member_id])
+        written_members = {e.member_id for e in written}
+        for request in requests:
+            await answers_topic.send(key=request.member_id, value=AdaptAnswer(
+                member_id=request.member_id, seq=request.seq,
+                written=request.member_id in written_members))
+        metrics.embeddings.inc(len(written))
+        metrics.skipped.inc(superseded)
+
+    async def erase(erasures: list[AdaptRequest]) -> None:
+        """Delete the members' online rows, then put a tombstone on the compacted topic and wait
+        for the broker to take it."""
+        members = list(dict.fromkeys(request.member_id for request in erasures))
+        await asyncio.get_running_loop().run_in_executor(executor, adapter.erase, members)
+        sent = [await tombstones_topic.send(key=member_id, value=None) for member_id in members]
+        await asyncio.gather(*sent)
+        metrics.erasures.inc(len(members))
+
+    async def answer_erasures(erasures: list[AdaptRequest]) -> None:
+        erased_at = time.time()
+        for request in erasures:
+            await erasure_answers.send(key=request.member_id, value=ErasureAnswer(
+                member_id=request.member_id, request_id=request.erasure_id,
+                requested_at=request.requested_at, erased_at=erased_at))
+            metrics.erasure_seconds.observe(erased_at - request.requested_at)
 
     @app.timer(interval=config.model_poll_s)
     async def pick_up_new_model() -> None:

@@ -11,7 +11,9 @@ unanswered too long) and sends their adapt requests at once; it may read the tab
 not write them, so it also sends a `SentRequest` note that the member's owner records.
 Refresh requests (a scoring service saw an embedding of another model version) and
 backfills (a new model version became active) re-adapt members from their stored
-support sets.
+support sets. An erasure request (`limaml forget`) deletes the member's support set (a
+tombstone in the table's changelog) and is forwarded to the adaptation workers on
+adapt-requests, after any adapt request already sent for the member; they delete the rest.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from limaml.stream.metrics import StreamMetrics
 from limaml.stream.policy import (Example, TriggerPolicy, apply_event, due_reason,
                                   empty_support_set, mark_answered, mark_requested, mark_sent,
                                   next_check)
-from limaml.stream.records import (AdaptAnswer, AdaptRequest, RefreshRequest, SentRequest,
-                                   SupportSet)
+from limaml.stream.records import (AdaptAnswer, AdaptRequest, ErasureRequest, RefreshRequest,
+                                   SentRequest, SupportSet, erasure_of)
 from limaml.stream.web_auth import web_application_options
 from limaml.topics import KafkaConfig, TopicNames, member_partition
 
@@ -72,6 +74,8 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
                               key_serializer="raw", internal=True, partitions=kafka.partitions)
     refresh_requests = app.topic(names.refresh_requests, key_type=str, value_type=RefreshRequest,
                                  key_serializer="raw")
+    erasure_requests = app.topic(names.erasure_requests, key_type=str, value_type=ErasureRequest,
+                                 key_serializer="raw")
     rocksdb_options = {"driver": "rocksdict", "block_cache_size": config.rocksdb_cache_mb * MB,
                        "block_cache_compressed_size": config.rocksdb_cache_mb * MB // 4,
                        "write_buffer_size": 8 * MB}
@@ -92,6 +96,10 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
     while the member's check time is the one it was sent for (recording the request, or
     its answer, moves it). A cache only: losing it (a restart) costs at most one
     duplicate request."""
+    erasures: dict[str, int] = {}
+    """member_id -> erasures this worker applied since it started. A step that reads a support
+    set, awaits a send and writes the set back stores nothing if the member was forgotten
+    meanwhile (`store_unless_forgotten`): its write would bring the erased history back."""
 
     async def send_request(member_id: str, state: SupportSet, reason: str, now: float) -> None:
         await adapt_requests.send(key=member_id, value=AdaptRequest(
@@ -111,11 +119,11 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
     async def readapt(member_id: str, reason: str) -> None:
         """Re-adapt a member from its stored support set, unless it has none or a request is
         outstanding (and not timed out)."""
-        state, now = read(member_id), time.time()
+        state, now, erased = read(member_id), time.time(), erasures.get(member_id, 0)
         if state is None or (state.requested_seq >= 0 and due_reason(state, now, policy) != "timeout"):
             return
         await send_request(member_id, state, reason, now)
-        store(member_id, mark_requested(state, now))
+        store_unless_forgotten(member_id, mark_requested(state, now), erased)
 
     def read(member_id: str) -> SupportSet | None:
         raw = support_sets.get(member_id)
@@ -129,6 +137,12 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
             check_times.pop(member_id, None)
         else:
             check_times[member_id] = check_at
+
+    def store_unless_forgotten(member_id: str, state: SupportSet, erased_before: int) -> None:
+        """`store`, unless the member was forgotten since its set was read (erasures then
+        `erased_before`)."""
+        if erasures.get(member_id, 0) == erased_before:
+            store(member_id, state)
 
     @support_sets.on_recover
     async def index_check_times() -> None:
@@ -160,7 +174,7 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
                 context={k: float(v) for k, v in interaction.context.items()
                          if not isinstance(v, str)},
                 produced_at=message.timestamp)
-            before = read(member_id)
+            before, erased = read(member_id), erasures.get(member_id, 0)
             state = apply_event(before or empty_support_set(), example, message.offset, now,
                                 config.support_size)
             if state is None:
@@ -168,15 +182,16 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
                 continue
             metrics.events.inc()
             metrics.ingest_lag.observe(now - message.timestamp)
-            store(member_id, await request_if_due(member_id, state, now))
+            store_unless_forgotten(member_id, await request_if_due(member_id, state, now), erased)
 
     @app.agent(answers)
     async def answered(stream: faust.StreamT) -> None:
         async for answer in stream:
-            state = read(answer.member_id)
+            state, erased = read(answer.member_id), erasures.get(answer.member_id, 0)
             updated = mark_answered(state, answer.seq) if state is not None else None
             if updated is not None:
-                store(answer.member_id, await request_if_due(answer.member_id, updated, time.time()))
+                store_unless_forgotten(answer.member_id,
+                                       await request_if_due(answer.member_id, updated, time.time()), erased)
 
     @app.agent(sent_requests)
     async def record_sent(stream: faust.StreamT) -> None:
@@ -194,6 +209,23 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
                 await backfill(event.message.partition, request.model_version)
                 continue
             await readapt(request.member_id, request.reason)
+
+    @app.agent(erasure_requests)
+    async def erase(stream: faust.StreamT) -> None:
+        async for request in stream:
+            forget(request.member_id)
+            await adapt_requests.send(key=request.member_id, value=erasure_of(
+                request.member_id, request.request_id, request.requested_at))
+            metrics.erasures.inc()
+
+    def forget(member_id: str) -> None:
+        """Delete the member's support set (Faust writes a tombstone to the changelog) and its
+        timer state: a later event starts the member afresh."""
+        if member_id in support_sets:
+            del support_sets[member_id]
+        check_times.pop(member_id, None)
+        timer_sent.pop(member_id, None)
+        erasures[member_id] = erasures.get(member_id, 0) + 1
 
     async def backfill(partition: int, model_version: str) -> None:
         """Re-adapt every member of `partition` (once per model version)."""

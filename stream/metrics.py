@@ -31,6 +31,8 @@ class StreamMetrics:
             registry=r)
         self.requests = Counter("limaml_stream_adapt_requests", "Adapt requests sent",
                                 ["reason"], registry=r)
+        self.erasures = Counter("limaml_stream_erasures", "Members forgotten (support set deleted)",
+                                registry=r)
         self.ingest_lag = Histogram("limaml_stream_ingest_lag_seconds",
                                     "Event produced -> applied to its support set",
                                     buckets=LATENCY_BUCKETS, registry=r)
@@ -59,6 +61,12 @@ class AdaptMetrics:
         self.request_wait = Histogram("limaml_adapt_request_wait_seconds",
                                       "Adapt request sent -> its micro-batch starts",
                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.erasures = Counter("limaml_adapt_erasures",
+                                "Members whose online rows and compacted embedding were deleted",
+                                registry=r)
+        self.erasure_seconds = Histogram("limaml_erasure_seconds",
+                                         "Erasure requested -> every store cleaned of the member",
+                                         buckets=LATENCY_BUCKETS, registry=r)
         self.freshness = Histogram("limaml_freshness_seconds",
                                    "Event produced -> its embedding readable in the online store",
                                    buckets=LATENCY_BUCKETS, registry=r)

@@ -60,8 +60,22 @@ class AdaptRequest(faust.Record, serializer="json", include_metadata=False):
     contexts: List[Dict[str, float]]
     newest_event_ts: int
     newest_produced_at: float
-    reason: str  # "signals", "stale", "timeout", or a refresh's: "version", "expired", "backfill"
+    reason: str  # "signals", "stale", "timeout", a refresh's: "version", "expired", "backfill"; or ERASE
     requested_at: float
+    erasure_id: str = ""  # with reason ERASE: the erasure request's id (no support then)
+
+
+ERASE = "erase"
+"""The reason of an AdaptRequest that forwards an erasure: the adaptation worker deletes the
+member's online rows instead of adapting. It travels on adapt-requests, keyed by the member,
+so it comes after every adapt request already sent for the member."""
+
+
+def erasure_of(member_id: str, erasure_id: str, requested_at: float) -> AdaptRequest:
+    """The adapt-requests record that forwards an erasure to the adaptation workers."""
+    return AdaptRequest(member_id=member_id, seq=-1, item_ids=[], labels=[], contexts=[],
+                        newest_event_ts=0, newest_produced_at=requested_at, reason=ERASE,
+                        requested_at=requested_at, erasure_id=erasure_id)
 
 
 class AdaptAnswer(faust.Record, serializer="json", include_metadata=False):
@@ -102,3 +116,21 @@ class RefreshRequest(faust.Record, serializer="json", include_metadata=False):
     model_version: str  # the version the requester wants embeddings of
     requested_at: float  # when it was asked (s)
     backfill: bool = False  # every member of this partition with a support set
+
+
+class ErasureRequest(faust.Record, serializer="json", include_metadata=False):
+    """Topic `limaml.erasure-requests`: forget a member (`limaml forget`)."""
+
+    member_id: str
+    request_id: str  # what the answer carries back
+    requested_at: float  # when it was asked (s)
+
+
+class ErasureAnswer(faust.Record, serializer="json", include_metadata=False):
+    """Topic `limaml.erasure-answers`: the member's support set, online rows and compacted
+    embedding are deleted."""
+
+    member_id: str
+    request_id: str
+    requested_at: float
+    erased_at: float  # when the last store was cleaned (s)

@@ -127,3 +127,22 @@ def test_profiles_of_a_log_without_member_features_are_none_to_write(
     (tmp_path / "log" / "members.csv").unlink()
     assert main(["profiles", "--dataset", f"table:{tmp_path / 'log'}", "--repo-dir", str(tmp_path / "feast")]) == 0
     assert json.loads(capsys.readouterr().out)["profiles"] == 0
+
+
+def test_forget_takes_members_from_the_command_line_and_a_file_once_each(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    from limaml.forget import members_to_forget
+
+    listed = tmp_path / "members.txt"
+    listed.write_text("m2\n\n  m3 \nm1\n")
+    assert members_to_forget(["m1", "m2"], listed) == ["m1", "m2", "m3"]
+    assert members_to_forget(["m1"], None) == ["m1"]
+    for members, from_file, message in (([], None, "no member to forget"),
+                                        (["m1", " "], None, "an empty member id"),
+                                        ([], tmp_path / "absent.txt", "cannot read members")):
+        with pytest.raises(ConfigError, match=message):
+            members_to_forget(members, from_file)
+    # Refused before anything is sent: no broker listens at this bootstrap.
+    assert main(["forget", "--bootstrap", "127.0.0.1:1"]) == 2
+    assert main(["forget", "m1", "--timeout-s", "0", "--bootstrap", "127.0.0.1:1"]) == 2
+    assert "--timeout-s must be positive" in caplog.text

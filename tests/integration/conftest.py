@@ -25,6 +25,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from limaml.adapters.events import DeadLetter
+from limaml.adapters.registry import load_dataset
+from limaml.data import InteractionLog
 from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.processes import local_kafka, poll
 
@@ -61,6 +63,12 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
     data_dir = tmp_path_factory.mktemp("kafka")
     with local_kafka(data_dir) as bootstrap:
         yield KafkaBroker(bootstrap=bootstrap, data_dir=data_dir)
+
+
+@pytest.fixture(scope="module")
+def dataset(request: pytest.FixtureRequest) -> InteractionLog:
+    """The log named by the test module's `DATASET`."""
+    return load_dataset(request.module.DATASET)
 
 
 @pytest.fixture(scope="session")

@@ -18,22 +18,16 @@ from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, 
                                   NewTopic)
 
 from limaml.adapters.events import MAX_DEAD_LETTER_RAW_BYTES, InteractionEvent, events_from_log
-from limaml.adapters.registry import load_dataset
 from limaml.data import InteractionLog
 from limaml.processes import Worker, poll
 from limaml.topics import KafkaConfig, ensure_topics
 
 from .conftest import TOPIC_READY_TIMEOUT_S, delete_topics_with_prefix, read_dead_letters
-from .test_pipeline import DATASET, PARTITIONS, Pipeline, events_by_member, support_sets_match
+from .test_pipeline import DATASET, PARTITIONS, Pipeline, events_by_member, support_sets_match  # noqa: F401 - DATASET names the module's log
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 OVERSIZED_BYTES = 800_000  # under the 1,000,000 bytes a producer sends; its base64 is not
-
-
-@pytest.fixture(scope="module")
-def dataset() -> InteractionLog:
-    return load_dataset(DATASET)
 
 
 @pytest.fixture

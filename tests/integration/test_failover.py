@@ -19,7 +19,6 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource
 
 from limaml.adapters.events import InteractionEvent, events_from_log
-from limaml.adapters.registry import load_dataset
 from limaml.adapters.replay import ReplayConfig
 from limaml.data import InteractionLog
 from limaml.deploy.replayer import ReplayThread
@@ -44,11 +43,6 @@ DATASET = "synthetic:n_members=40,n_items=25,mean_events=150,seed=7"
 PARTITIONS = 2
 RATE = 50.0  # events/s: the dataset lasts about two minutes, longer than any fault takes here
 PROGRESS = 100  # events applied between two steps of a fault, so each step happens mid-stream
-
-
-@pytest.fixture(scope="module")
-def dataset() -> InteractionLog:
-    return load_dataset(DATASET)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from limaml.featurestore.store import open_feature_store
 from limaml.processes import LIMAML, Worker, bootstrap_of, child_env, free_port, free_port_run, poll, run_kafka_sh
 from limaml.topics import KafkaConfig, KafkaConnectionError, connect_admin, ensure_topics
 
-from .test_pipeline import DATASET, PARTITIONS, Pipeline, dataset  # noqa: F401 - the module's dataset fixture
+from .test_pipeline import DATASET, PARTITIONS, Pipeline  # noqa: F401 - DATASET names the module's log
 from .test_serving_e2e import score
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -69,7 +69,7 @@ class SecuredPipeline(Pipeline):
 
 
 @pytest.fixture
-def pipeline(secured_kafka: KafkaConfig, artifacts: Path, dataset: InteractionLog,  # noqa: F811
+def pipeline(secured_kafka: KafkaConfig, artifacts: Path, dataset: InteractionLog,
              tmp_path: Path) -> Iterator[SecuredPipeline]:
     kafka = replace(secured_kafka, topic_prefix=f"sec{uuid.uuid4().hex[:10]}", partitions=PARTITIONS)
     ensure_topics(kafka)
@@ -82,7 +82,7 @@ def pipeline(secured_kafka: KafkaConfig, artifacts: Path, dataset: InteractionLo
         worker.stop()
 
 
-def test_the_pipeline_runs_on_a_secured_broker(pipeline: SecuredPipeline, dataset: InteractionLog) -> None:  # noqa: F811
+def test_the_pipeline_runs_on_a_secured_broker(pipeline: SecuredPipeline, dataset: InteractionLog) -> None:
     stream, adapt, serve = pipeline.stream_worker(), pipeline.adapt_worker(), pipeline.scoring_service()
     events = list(events_from_log(dataset))
     member_id = max(dataset.members.tokens, key=lambda m: sum(e.member_id == m for e in events))

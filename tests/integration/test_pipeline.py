@@ -16,7 +16,6 @@ from confluent_kafka import Producer
 from conftest import save_tiny_model
 from limaml.adaptation import AdaptationEngine
 from limaml.adapters.events import InteractionEvent, events_from_log
-from limaml.adapters.registry import load_dataset
 from limaml.artifacts import load_artifact
 from limaml.data import InteractionLog
 from limaml.encoding import FeatureEncoder
@@ -40,11 +39,6 @@ SUPPORT_SIZE = 8
 MIN_NEW_SIGNALS = 3
 
 
-@pytest.fixture(scope="module")
-def dataset() -> InteractionLog:
-    return load_dataset(DATASET)
-
-
 @dataclass
 class Pipeline:
     kafka: KafkaConfig
@@ -52,6 +46,7 @@ class Pipeline:
     feast_dir: Path
     work_dir: Path
     workers: list[Worker] = field(default_factory=list)
+    online_store: str = "sqlite"  # the adaptation workers' [feast] online_store
 
     @property
     def topics(self) -> TopicNames:
@@ -75,7 +70,8 @@ class Pipeline:
         port = free_port()
         worker = Worker("adapt", [
             "adapt", *self.kafka_args(), "--artifacts-dir", str(self.artifacts),
-            "--repo-dir", str(self.feast_dir), "--data-dir", str(self.work_dir / "adapt"),
+            "--repo-dir", str(self.feast_dir), "--online-store", self.online_store,
+            "--data-dir", str(self.work_dir / "adapt"),
             "--web-port", str(port), "--device", "cpu"], port, self.work_dir)
         self.workers.append(worker)
         return worker.start()

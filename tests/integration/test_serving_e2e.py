@@ -16,7 +16,6 @@ from confluent_kafka import Consumer, KafkaError, Producer
 
 from conftest import save_tiny_model
 from limaml.adapters.events import InteractionEvent, events_from_log
-from limaml.adapters.registry import load_dataset
 from limaml.artifacts import load_artifact, save_artifact
 from limaml.data import InteractionLog
 from limaml.featurestore.profiles import write_member_profiles
@@ -31,11 +30,6 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 DATASET = "synthetic:n_members=30,n_items=25,mean_events=12,seed=5"
 PARTITIONS = 2
-
-
-@pytest.fixture(scope="module")
-def dataset() -> InteractionLog:
-    return load_dataset(DATASET)
 
 
 @pytest.fixture
