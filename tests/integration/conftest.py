@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from limaml.adapters.events import DeadLetter, InteractionEvent, decode_event
@@ -178,25 +178,31 @@ def embeddings_behind(reader: EmbeddingReader, events_per_member: Mapping[str, i
             if embedding is None or embedding.seq != events_per_member[member]}
 
 
-def events_in_topic(bootstrap: str, topic: str, partitions: int) -> list[InteractionEvent]:
-    """Every event in `topic`, read to its end, partition by partition (each member's in order)."""
+def records_in_topic(bootstrap: str, topic: str, partitions: int, timeout_s: float = 60) -> list[Message]:
+    """Every record in `topic`, read to its end, partition by partition, each in offset order."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
                          "enable.auto.commit": False})
     ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in range(partitions)}
     consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-    events: dict[int, list[InteractionEvent]] = {p: [] for p in ends}
+    records: dict[int, list[Message]] = {p: [] for p in ends}
     read_to = dict.fromkeys(ends, 0)
 
     def at_end() -> bool:
         for message in consumer.consume(num_messages=500, timeout=0.5):
             assert message.error() is None or message.error().code() == KafkaError._PARTITION_EOF
             if message.error() is None:
-                events[message.partition()].append(decode_event(message.value(), message.key()))
+                records[message.partition()].append(message)
                 read_to[message.partition()] = message.offset() + 1
         return all(read_to[p] >= end for p, end in ends.items())
 
     try:
-        poll(at_end, 60, f"{topic} read to its end", interval_s=0)
+        poll(at_end, timeout_s, f"{topic} read to its end", interval_s=0)
     finally:
         consumer.close()
-    return [event for p in sorted(events) for event in events[p]]
+    return [message for p in sorted(records) for message in records[p]]
+
+
+def events_in_topic(bootstrap: str, topic: str, partitions: int) -> list[InteractionEvent]:
+    """Every event in `topic`, partition by partition (each member's in order)."""
+    return [decode_event(message.value(), message.key())
+            for message in records_in_topic(bootstrap, topic, partitions)]

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from confluent_kafka import Consumer, TopicPartition
 from fastapi.testclient import TestClient
 
 from limaml.adapters.events import events_from_log
@@ -29,7 +28,7 @@ from limaml.serving.config import ServeConfig
 from limaml.topics import KafkaConfig, ensure_topics
 from test_featurestore import redis_url  # noqa: F401  (the fixture)
 
-from .conftest import delete_topics_with_prefix
+from .conftest import delete_topics_with_prefix, records_in_topic
 from .test_pipeline import DATASET, PARTITIONS, Pipeline, events_by_member  # noqa: F401 - DATASET names the module's log
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -69,26 +68,7 @@ def forget(pipeline: Pipeline, *members: str) -> int:
 
 def latest_values(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
     """key -> the value of its latest record in `topic` (None: a tombstone), read to the end."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
-                         "enable.auto.commit": False})
-    ends = {partition: consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)[1]
-            for partition in range(PARTITIONS)}
-    consumer.assign([TopicPartition(topic, partition, 0) for partition in ends])
-    latest: dict[bytes, bytes | None] = {}
-    read_to: dict[int, int] = {partition: 0 for partition in ends}
-
-    def at_end() -> bool:
-        for message in consumer.consume(num_messages=500, timeout=0.5):
-            assert message.error() is None, message.error()
-            latest[message.key()] = message.value()
-            read_to[message.partition()] = message.offset() + 1
-        return all(read_to[partition] >= end for partition, end in ends.items())
-
-    try:
-        poll(at_end, 30, f"{topic} read to its end", interval_s=0)
-    finally:
-        consumer.close()
-    return latest
+    return {message.key(): message.value() for message in records_in_topic(bootstrap, topic, PARTITIONS, 30)}
 
 
 def adapted_at(reader: EmbeddingReader, member: str, seq: int) -> bool:
