@@ -9,9 +9,10 @@ An interaction event is one JSON object, UTF-8, keyed in Kafka by its member_id:
 `InteractionEvent` or raises `InvalidEvent` whose `reason` is what a dead letter carries.
 It is strict on purpose, because a silently misread event poisons a member's support set:
 
-* ids are non-empty strings; `label` is the integer 0 or 1; `ts` is an integer of epoch
-  milliseconds from 1990 up to 2100 (so a timestamp in seconds is caught); booleans,
-  floats and numeric strings are not integers;
+* ids are non-empty strings, and a member_id holds no control character (the stream
+  worker's table reserves keys that start with one); `label` is the integer 0 or 1;
+  `ts` is an integer of epoch milliseconds from 1990 up to 2100 (so a timestamp in
+  seconds is caught); booleans, floats and numeric strings are not integers;
 * `context` is optional; when present it is a flat object whose values are finite
   numbers (kept as floats) or strings;
 * NaN and Infinity are refused anywhere in the document, and so are duplicate keys;
@@ -269,8 +270,10 @@ def decode_event(value: bytes | None, key: bytes | None = None,
         raise InvalidEvent(f"unknown field(s) {sorted(obj.keys() - _KNOWN_FIELDS)}")
     event = InteractionEvent(event_id, member_id, item_id, label, ts,
                              _context(obj["context"]) if has_context else {})
-    if "\\u" in text:  # only a \u escape can put a lone surrogate into decoded UTF-8
+    if "\\u" in text:  # only a \u escape can put a lone surrogate or a control character in a string
         _utf8_encodable(event)
+        if any(ord(char) < 0x20 or char == "\x7f" for char in member_id):
+            raise InvalidEvent("member_id contains a control character")
     if key is not None and key != member_id.encode("utf-8"):
         raise InvalidEvent(f"wrong key {key[:_SHOWN_CHARS]!r} for member_id {member_id!r}")
     return event

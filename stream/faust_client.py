@@ -9,6 +9,8 @@
    wait (docs/benchmarks.md).
 2. A pre-commit flush that drains every buffered table write (see
    `drain_changelog_writes_before_commits`).
+3. Source partitions resume where the restored table says, not only where the group
+   committed (see `resume_from_table_offsets` and `limaml.stream.source_offsets`).
 
 The apps connect with `[kafka]`'s security settings (see `broker_credentials`). And every
 topic Faust creates itself (table changelogs, internal topics) gets limaml's topic
@@ -17,15 +19,20 @@ config, `min.insync.replicas` above all (see `create_topics_with`).
 
 from __future__ import annotations
 
+import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Set
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import faust
 from aiokafka import AIOKafkaConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from limaml.topics import KafkaConfig
+
+log = logging.getLogger(__name__)
 
 FETCH_MAX_WAIT_MS = 50
 """The longest the broker holds a fetch request that finds no new records. An idle worker
@@ -39,9 +46,43 @@ class LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
+ResumeOffsets = Callable[[Set[TP]], Mapping[TP, int]]
+"""The assigned partitions -> where to resume reading some of them (the next offset)."""
+
+_resume_offsets: WeakKeyDictionary[faust.App, ResumeOffsets] = WeakKeyDictionary()
+
+
 class LowLatencyConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return LowLatencyConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Seek to the committed offsets (after every rebalance, once the tables are restored),
+        except where the app has resume offsets of its own; the offsets read from next."""
+        committed = await super().seek_to_committed()
+        resume = await self.seek_to_resume_offsets()
+        for tp, offset in resume.items():
+            if offset != committed.get(tp):
+                log.info("%s[%d]: resuming at offset %d, where the restored table ends (committed: %s)",
+                         tp.topic, tp.partition, offset, committed.get(tp))
+        return {**committed, **resume}
+
+    async def seek_to_resume_offsets(self) -> Mapping[TP, int]:
+        """Seek the assigned partitions the app has resume offsets for to them; those offsets.
+        Also called before the partitions resume (Faust resumes them, then seeks to the
+        committed offsets, and reads in between)."""
+        resume_offsets = _resume_offsets.get(self.app)
+        offsets = {} if resume_offsets is None else resume_offsets(self.assignment())
+        for tp, offset in offsets.items():
+            await self._seek(tp, offset)
+        return offsets
+
+
+def resume_from_table_offsets(app: faust.App, resume_offsets: ResumeOffsets) -> None:
+    """After each rebalance, resume reading the partitions `resume_offsets` names at the offsets
+    it gives instead of the group's committed ones (`limaml.stream.source_offsets` says why).
+    The app's table recovery callback must call `app.consumer.seek_to_resume_offsets()`."""
+    _resume_offsets[app] = resume_offsets
 
 
 def create_faust_app(kafka: KafkaConfig, role: str, **settings: Any) -> faust.App:

@@ -21,22 +21,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Set
 from typing import Any
 
 import faust
 from aiohttp.web import Response
+from faust.types import TP
 from faust.web import Request, View
 
 from limaml.adapters.events import DeadLetter, InvalidEvent, decode_event
 from limaml.stream.config import StreamConfig
 from limaml.stream.dead_letters import send_dead_letter
-from limaml.stream.faust_client import create_faust_app, drain_changelog_writes_before_commits
+from limaml.stream.faust_client import (create_faust_app, drain_changelog_writes_before_commits,
+                                       resume_from_table_offsets)
 from limaml.stream.metrics import StreamMetrics
 from limaml.stream.policy import (Example, TriggerPolicy, apply_event, due_reason,
                                   empty_support_set, mark_answered, mark_requested, mark_sent,
                                   next_check)
 from limaml.stream.records import (AdaptAnswer, AdaptRequest, ErasureRequest, RefreshRequest,
                                    SentRequest, SupportSet, erasure_of)
+from limaml.stream.source_offsets import decode_offset, encode_offset, is_member_key, offset_key
 from limaml.stream.web_auth import web_application_options
 from limaml.topics import KafkaConfig, TopicNames, member_partition
 
@@ -81,7 +85,8 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
                        "write_buffer_size": 8 * MB}
     support_sets = app.Table("support-sets", key_type=str, value_type=bytes,  # stored "raw"
                              partitions=kafka.partitions, options=rocksdb_options)
-    """member_id -> `SupportSet.dumps()`: use `read` and `store`."""
+    """member_id -> `SupportSet.dumps()`: use `read` and `store`. Also each partition's resume
+    offset (`source_offsets.offset_key`)."""
     backfilled = app.Table("backfilled-versions", key_type=str, value_type=str,
                            partitions=kafka.partitions, options=rocksdb_options)
     """str(partition) -> the model version the partition's members were last backfilled for."""
@@ -144,12 +149,30 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
         if erasures.get(member_id, 0) == erased_before:
             store(member_id, state)
 
+    def applied(partition: int, offset: int) -> None:
+        """Record that the events of `partition` up to `offset` are applied (after their rows)."""
+        support_sets[offset_key(partition)] = encode_offset(offset + 1)
+
+    def resume_offsets(assigned: Set[TP]) -> dict[TP, int]:
+        offsets = {}
+        for tp in assigned:
+            raw = support_sets.get(offset_key(tp.partition)) if tp.topic == names.interactions else None
+            if raw is not None:
+                offsets[tp] = decode_offset(raw)
+        return offsets
+
+    resume_from_table_offsets(app, resume_offsets)
+
     @support_sets.on_recover
     async def index_check_times() -> None:
-        """Index the check times of the members this worker owns now (called after each
-        rebalance, before the agents resume)."""
+        """Seek the source partitions to their resume offsets, and index the check times of
+        the members this worker owns now (called after each rebalance, before the agents
+        resume)."""
+        await app.consumer.seek_to_resume_offsets()
         check_times.clear()
         for count, (member_id, raw) in enumerate(support_sets.items(), start=1):
+            if not is_member_key(member_id):
+                continue
             check_at = next_check(SupportSet.loads(raw), policy)
             if check_at is not None:
                 check_times[member_id] = check_at
@@ -166,6 +189,7 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
                 await send_dead_letter(dead_letters, DeadLetter.of(
                     message.value, message.key, error.reason, message.topic, message.partition,
                     message.offset, failed_at_ms=int(time.time() * 1000)), metrics)
+                applied(message.partition, message.offset)
                 continue
             now = time.time()
             member_id = interaction.member_id
@@ -183,6 +207,7 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
             metrics.events.inc()
             metrics.ingest_lag.observe(now - message.timestamp)
             store_unless_forgotten(member_id, await request_if_due(member_id, state, now), erased)
+            applied(message.partition, message.offset)
 
     @app.agent(answers)
     async def answered(stream: faust.StreamT) -> None:
@@ -231,7 +256,8 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
         """Re-adapt every member of `partition` (once per model version)."""
         if backfilled.get(str(partition)) == model_version:
             return
-        members = [m for m in support_sets.keys() if member_partition(m, kafka.partitions) == partition]
+        members = [m for m in support_sets.keys()
+                   if is_member_key(m) and member_partition(m, kafka.partitions) == partition]
         log.info("backfill for model %s: %d members of partition %d", model_version, len(members),
                  partition)
         for start in range(0, len(members), BACKFILL_CHUNK):

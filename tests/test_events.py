@@ -102,6 +102,8 @@ INVALID: list[tuple[str, bytes | None, bytes | None, str]] = [
     ("unknown fields", payload(zeta=1, extra="x"), None, "unknown field(s) ['extra', 'zeta']"),
     ("duplicate key", payload()[:-1] + b', "label": 0}', None, "duplicate key 'label'"),
     ("lone surrogate", payload(member_id="m\ud800"), None, "member_id contains a lone surrogate"),
+    ("control character", payload(member_id="\x00resume-offset:0"), None,
+     "member_id contains a control character"),
     ("wrong key", payload(), b"m43", "wrong key b'm43' for member_id 'm42'"),
     ("empty key", payload(), b"", "wrong key b'' for member_id 'm42'"),
     ("oversized", OVERSIZED, None,

@@ -187,10 +187,6 @@ def test_a_broker_stopped_and_started_mid_stream_loses_and_doubles_nothing(
     assert_replicated(pipeline.kafka)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug, issue 11: under load, events applied by a stream worker that then leaves can be "
-    "missing from the support sets its partition's next owner restores (a clean-clone CI run of "
-    "ae15a6e: m10 held 18 of 19 events, m20 56 of 59); passes on a quiet machine"))
 def test_a_stream_worker_joining_and_leaving_mid_stream_loses_and_doubles_nothing(
         pipeline: ReplicatedPipeline, dataset: InteractionLog) -> None:
     first = pipeline.stream_worker("0")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from conftest import save_tiny_model
 from limaml.adaptation import AdaptationEngine
@@ -26,7 +28,7 @@ from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
 from limaml.refresh import RefreshRequester
 from limaml.stream.records import AdaptRequest
-from limaml.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
+from limaml.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics, member_partition
 
 from .conftest import delete_topics_with_prefix, read_dead_letters
 from limaml.processes import Worker, free_port, poll
@@ -238,6 +240,68 @@ def test_support_sets_survive_kill_9_without_loss_or_double_counting(
          "the recovered support sets to hold every event once",
          describe=lambda: f"(seq, expected) of members behind: {behind}; "
                           f"worker log:\n{restarted.log_tail(20)}")
+
+
+def test_a_worker_resumes_where_its_restored_table_ends_whatever_the_group_committed(
+        pipeline: Pipeline, dataset: InteractionLog) -> None:
+    """A committed offset ahead of the table (a commit that reached the broker before the
+    changelog writes of its events) loses no event; one behind it (the changelog writes went
+    out, the commit did not) doubles none and brings no forgotten member's events back."""
+    events = list(events_from_log(dataset))
+    half = len(events) // 2
+    first_half = events_by_member(events[:half])
+    worker = pipeline.stream_worker("0")
+    pipeline.send_events(events[:half])
+    behind: dict[str, object] = {}
+    poll(lambda: support_sets_match(worker, first_half, behind), 60, "the first half applied",
+         describe=lambda: f"(seq, expected) of members behind: {behind}")
+    forgotten = next(member for member in first_half if len(first_half[member]) >= 2)
+    pipeline.produce(pipeline.topics.erasure_requests, [(forgotten.encode(), json.dumps(
+        {"member_id": forgotten, "request_id": "r1", "requested_at": time.time()}).encode())])
+    poll(lambda: worker.get(f"/members/{forgotten}/") == b"null", 60, f"{forgotten} forgotten")
+    worker.stop()
+    pipeline.send_events(events[half:])  # not applied by anyone yet
+
+    # The forgotten member's partition is committed back to its start, the other one to its
+    # end, past the second half's events.
+    rewound = member_partition(forgotten, PARTITIONS)
+    ends = end_offsets(pipeline.kafka.bootstrap, pipeline.topics.interactions)
+    commit_group_offsets(pipeline.kafka, pipeline.topics.interactions,
+                         {p: 0 if p == rewound else ends[p] for p in range(PARTITIONS)})
+
+    restarted = pipeline.stream_worker("1")  # a new state directory: restored from the changelog
+    expected = events_by_member(events)
+    expected[forgotten] = [e for e in events[half:] if e.member_id == forgotten]
+    poll(lambda: support_sets_match(restarted, {m: e for m, e in expected.items() if e}, behind), 120,
+         "every member's support set to hold each of its events once",
+         describe=lambda: f"(seq, expected) of members behind: {behind}; worker log:\n{restarted.log_tail(20)}")
+    if not expected[forgotten]:
+        assert restarted.get(f"/members/{forgotten}/") == b"null"
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex})
+    try:
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+                for p in range(PARTITIONS)}
+    finally:
+        consumer.close()
+
+
+def commit_group_offsets(kafka: KafkaConfig, topic: str, offsets: dict[int, int]) -> None:
+    """Set the stream workers' committed offsets of `topic` (once the group is empty)."""
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    request = ConsumerGroupTopicPartitions(kafka.faust_app_id("stream"), [
+        TopicPartition(topic, partition, offset) for partition, offset in offsets.items()])
+
+    def committed() -> bool:
+        try:
+            admin.alter_consumer_group_offsets([request])[request.group_id].result(timeout=30)
+        except KafkaException:  # the group still has a member: a stopped worker's session ends
+            return False
+        return True
+
+    poll(committed, 60, "the stream group's offsets altered")
 
 
 def test_a_restarted_worker_still_sends_the_stale_requests_it_owes(
