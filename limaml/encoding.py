@@ -29,8 +29,7 @@ class FeatureEncoder:
     def items(self, item_ids: Sequence[str]) -> np.ndarray:
         """[k] int64 item indices."""
         index = self.schema.items.index
-        return np.fromiter((index(item_id) for item_id in item_ids), dtype=np.int64,
-                           count=len(item_ids))
+        return np.array([index(item_id) for item_id in item_ids], dtype=np.int64)
 
     def context(self, contexts: Sequence[Mapping[str, float]]) -> np.ndarray:
         """[k, C] float32, the model's context features in order, 0 where absent."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from fastapi import APIRouter
+import orjson
+from fastapi import APIRouter, Response
 from fastapi.exceptions import RequestValidationError
 
 from limaml.serving.active import Served
@@ -50,7 +51,7 @@ def choose_embedding(served: Served, member_id: str, features: MemberFeatures, t
              responses={503: {"model": ErrorBody,
                                "description": "the online store did not answer in store_timeout_s"}})
 async def score(body: ScoreRequest, active: ActiveDep, throttle: ThrottleDep, metrics: MetricsDep,
-                config: ConfigDep, store_reads: StoreReadsDep) -> ScoreResponse:
+                config: ConfigDep, store_reads: StoreReadsDep) -> Response:
     """Rank the candidates for the member, highest predicted click probability first."""
     # The online-store read runs in the store-read pool, given up on after store_timeout_s
     # (a stalled store must not stop the event loop); the small forward pass, well under a
@@ -72,5 +73,9 @@ async def score(body: ScoreRequest, active: ActiveDep, throttle: ThrottleDep, me
     ranked = [{"item_id": candidates[position], "score": probability, "known": known}
               for position, probability, known in zip(ranking.order.tolist(), ranking.scores.tolist(),
                                                 ranking.known.tolist())]
-    return ScoreResponse.model_validate({"member_id": body.member_id, "model_version": served.version,
-                                         "embedding": used, "ranked": ranked})
+    # The body is `ScoreResponse` (the declared response_model, which the API description
+    # shows), written directly: FastAPI would validate the returned model once more and
+    # serialise it through jsonable_encoder, a fifth of a request's time with 100 candidates.
+    return Response(orjson.dumps({"member_id": body.member_id, "model_version": served.version,
+                                  "embedding": used.model_dump(), "ranked": ranked}),
+                    media_type="application/json")
