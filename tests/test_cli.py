@@ -97,15 +97,18 @@ def test_precedence_is_defaults_then_file_then_environment_then_command_line(tmp
     ("profiles", "profiles", "dataset", ("synthetic", "movielens", "synthetic:seed=2", "table:log")),
     ("forget", "forget", "timeout_s", (30.0, 5.0, 7.5, 9.0)),
     ("forget", "forget", "from_file", ("", "a.txt", "b.txt", "c.txt")),
+    ("stream", "stream", "worker_id", ("0", "1", "2", "3")),
+    ("adapt", "adapt", "worker_id", ("0", "1", "2", "3")),
 ])
-def test_the_options_declared_for_one_command_come_from_the_same_layers(
+def test_the_options_once_declared_by_hand_come_from_the_same_layers(
         tmp_path: Path, capsys: pytest.CaptureFixture, command: str, section: str, option: str,
         values: tuple) -> None:
-    """The options of the commands whose settings are not another subsystem's (models,
-    profiles, forget) have a TOML table and environment variables too."""
+    """The options that were declared by hand (the worker id, and models', profiles' and
+    forget's) have a TOML table and environment variables too."""
     default, in_file, in_env, on_command_line = values
     config_file = tmp_path / "limaml.toml"
-    config_file.write_text(f"[{section}]\n{option} = {json.dumps(str(in_file) if option.endswith('_dir') else in_file)}\n")
+    in_toml = json.dumps(str(in_file) if isinstance(in_file, Path) else in_file)  # as TOML writes it
+    config_file.write_text(f"[{section}]\n{option} = {in_toml}\n")
     variable = f"LIMAML_{section}_{option}".upper()
     flag = "--" + option.replace("_", "-")
 
