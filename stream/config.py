@@ -16,6 +16,7 @@ class StreamConfig:
     request_timeout_s: float = 60.0  # an unanswered adapt request is re-sent after this
     check_interval_s: float = 1.0  # how often the timer looks for stale members
     data_dir: Path = Path(".cache/stream")  # RocksDB tables and worker state
+    worker_id: str = "0"  # names this worker's state directory, under data_dir (one per worker)
     web_port: int = 6066  # HTTP port of /metrics and /members/<id>/
     web_bind: str = "127.0.0.1"  # interface of that port (loopback unless exposed on purpose)
     web_api_token: str = field(default="", repr=False)  # bearer token the HTTP pages require ("": open); never logged
@@ -38,6 +39,7 @@ class AdaptConfig:
     torch_threads: int = 1  # CPU threads of the inner loop (1: no OpenMP spin contention on shared cores)
     model_poll_s: float = 2.0  # how often the ACTIVE model pointer is checked
     data_dir: Path = Path(".cache/adapt")  # worker state
+    worker_id: str = "0"  # names this worker's state directory, under data_dir (one per worker)
     web_port: int = 6067  # HTTP port of /metrics
     web_bind: str = "127.0.0.1"  # interface of that port
     web_api_token: str = field(default="", repr=False)  # bearer token the HTTP pages require ("": open); never logged

@@ -13,13 +13,14 @@ import pytest
 from limaml.adapters.registry import load_dataset
 from limaml.adapters.tabular import write_table
 from limaml.artifacts import active_version, load_artifact
-from limaml.cli import TRAIN_SECTIONS, build_parser, main
+from limaml.cli import build_parser, main, sections
 from limaml.featurestore.profiles import read_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
 from limaml.settings import ConfigError, resolve
 
 LIMAML = Path(sys.executable).parent / "limaml"
+TRAIN_SECTIONS = sections("train")
 
 
 def test_train_on_a_movielens_slice_writes_an_active_artifact(ml100k_dir: Path, tmp_path: Path) -> None:
@@ -38,7 +39,8 @@ def test_train_on_a_movielens_slice_writes_an_active_artifact(ml100k_dir: Path, 
     assert len(artifact.schema.items) == 1683  # 1,682 movies and the OOV slot
 
 
-def test_models_command_lists_and_activates_versions(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_models_command_lists_and_activates_versions(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     for _ in range(2):
         assert main(["train", "--dataset", "synthetic:n_members=60,n_items=30,seed=1", "--epochs", "1",
                      "--artifacts-dir", str(tmp_path), "--quiet"]) == 0
@@ -47,6 +49,12 @@ def test_models_command_lists_and_activates_versions(tmp_path: Path, capsys: pyt
     assert main(["models", "--artifacts-dir", str(tmp_path), "--activate", versions[0]]) == 0
     listing = json.loads(capsys.readouterr().out)
     assert listing["active"] == versions[0] and listing["versions"] == versions
+    # Its options come from a TOML file and the environment too, as every command's do.
+    config_file = tmp_path.parent / f"{tmp_path.name}.toml"
+    config_file.write_text(f"[models]\nartifacts_dir = '{tmp_path}'\nactivate = '{versions[0]}'\n")
+    monkeypatch.setenv("LIMAML_MODELS_ACTIVATE", versions[1])
+    assert main(["models", "--config", str(config_file)]) == 0
+    assert json.loads(capsys.readouterr().out)["active"] == versions[1]
 
 
 def test_bad_input_fails_with_a_message_not_a_traceback(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -81,6 +89,40 @@ def test_precedence_is_defaults_then_file_then_environment_then_command_line(tmp
     assert settings["train"]["query_size"] == 9  # command line beats environment
     assert settings["train"]["members_per_batch"] == 50  # command line beats environment and file
     assert settings["model"]["inner_steps"] == 2  # command line beats default
+
+
+@pytest.mark.parametrize("command, section, option, values", [
+    ("models", "models", "artifacts_dir", (Path("artifacts"), Path("file"), Path("env"), Path("flag"))),
+    ("models", "models", "activate", ("", "v1", "v2", "v3")),
+    ("profiles", "profiles", "dataset", ("synthetic", "movielens", "synthetic:seed=2", "table:log")),
+    ("forget", "forget", "timeout_s", (30.0, 5.0, 7.5, 9.0)),
+    ("forget", "forget", "from_file", ("", "a.txt", "b.txt", "c.txt")),
+    ("stream", "stream", "worker_id", ("0", "1", "2", "3")),
+    ("adapt", "adapt", "worker_id", ("0", "1", "2", "3")),
+])
+def test_the_options_once_declared_by_hand_come_from_the_same_layers(
+        tmp_path: Path, capsys: pytest.CaptureFixture, command: str, section: str, option: str,
+        values: tuple) -> None:
+    """The options that were declared by hand (the worker id, and models', profiles' and
+    forget's) have a TOML table and environment variables too."""
+    default, in_file, in_env, on_command_line = values
+    config_file = tmp_path / "limaml.toml"
+    in_toml = json.dumps(str(in_file) if isinstance(in_file, Path) else in_file)  # as TOML writes it
+    config_file.write_text(f"[{section}]\n{option} = {in_toml}\n")
+    variable = f"LIMAML_{section}_{option}".upper()
+    flag = "--" + option.replace("_", "-")
+
+    def value(file: Path | None, environ: dict[str, str], *argv: str) -> object:
+        args = build_parser([command]).parse_args([command, *argv])
+        return resolve(sections(command), file, args, environ)[section][option]
+
+    assert value(None, {}) == default
+    assert value(config_file, {}) == in_file
+    assert value(config_file, {variable: str(in_env)}) == in_env
+    assert value(config_file, {variable: str(in_env)}, flag, str(on_command_line)) == on_command_line
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert variable in capsys.readouterr().out
 
 
 def test_configuration_errors_say_what_is_wrong(tmp_path: Path) -> None:

@@ -136,8 +136,7 @@ def options_by_env() -> dict[str, Option]:
             for item in value.values():
                 visit(item)
 
-    for value in vars(cli).values():
-        visit(value)
+    visit({command: cli.sections(command) for command in cli.COMMANDS})
     return found
 
 
