@@ -33,8 +33,8 @@ from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.featurestore.store import open_feature_store
 from limaml.forget import forget_members
-from limaml.processes import local_kafka, poll
-from limaml.topics import PRODUCER_PARTITIONER, TopicNames
+from limaml.deploy.processes import local_kafka, poll
+from limaml.stream.topics import PRODUCER_PARTITIONER, TopicNames
 
 VICTIM_EVENTS = 6  # more than the stream worker's min_new_signals: adapted at once
 ROUND_MEMBERS = 5  # victims forgotten per round

@@ -43,11 +43,11 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from limaml.adapters.replay import ReplayConfig
 
 from limaml.data import InteractionLog
-from limaml.processes import poll
 from limaml.settings import ConfigError, Section, resolve
-from limaml.topics import KafkaConfig, TopicNames, ensure_topics
+from limaml.stream.topics import KafkaConfig, TopicNames, ensure_topics
 
 from .live_view import MODES, LiveView, StackInfo, many, summary
+from .processes import poll
 from .replayer import ReplayThread
 from .supervisor import Broker, Child, PidFile, RestartPolicy, Restarts, stop_all
 from .telemetry import Backlog, CatchUp, Figures, History, Scrape, Snapshot, add_counters, parse_metrics

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from limaml.processes import Worker, run_kafka_sh, start_kafka
+from .processes import Worker, run_kafka_sh, start_kafka
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class Child(Worker):
 
 class Broker:
     """A private single-node Kafka broker run by deploy/kafka.sh in `data_dir` (the stack's
-    `limaml.processes.local_kafka`, with a pid record and a hurried stop). kafka.sh runs in
+    `limaml.deploy.processes.local_kafka`, with a pid record and a hurried stop). kafka.sh runs in
     its own session, so `stop` is safe to call whatever state `start` reached."""
 
     def __init__(self, data_dir: Path) -> None:

@@ -21,7 +21,7 @@ from limaml.featurestore.config import SETTINGS, FeatureStoreConfig
 from limaml.serving.config import ServeConfig
 from limaml.settings import ConfigError, Section, add_arguments, resolve
 from limaml.stream.config import AdaptConfig, StreamConfig
-from limaml.topics import KafkaConfig
+from limaml.stream.topics import KafkaConfig
 from limaml.train import TrainConfig
 
 log = logging.getLogger("limaml")

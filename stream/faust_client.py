@@ -25,7 +25,7 @@ import faust
 from aiokafka import AIOKafkaConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from limaml.topics import KafkaConfig
+from limaml.stream.topics import KafkaConfig
 
 FETCH_MAX_WAIT_MS = 50
 """The longest the broker holds a fetch request that finds no new records. An idle worker

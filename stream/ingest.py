@@ -38,7 +38,7 @@ from limaml.stream.policy import (Example, TriggerPolicy, apply_event, due_reaso
 from limaml.stream.records import (AdaptAnswer, AdaptRequest, ErasureRequest, RefreshRequest,
                                    SentRequest, SupportSet, erasure_of)
 from limaml.stream.web_auth import web_application_options
-from limaml.topics import KafkaConfig, TopicNames, member_partition
+from limaml.stream.topics import KafkaConfig, TopicNames, member_partition
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from limaml.serving.errors import ServingError
 from limaml.serving.metrics import RequestMetrics, ServeMetrics
 from limaml.serving.store_reads import StoreReads
 from limaml.serving.throttle import RefreshThrottle, Requester
-from limaml.topics import KafkaConfig
+from limaml.stream.topics import KafkaConfig
 
 log = logging.getLogger("limaml.serving")
 

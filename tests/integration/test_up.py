@@ -19,7 +19,7 @@ from limaml.adapters.registry import load_dataset
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.featurestore.store import open_feature_store
-from limaml.processes import KAFKA_SH, LIMAML, free_port, poll
+from limaml.deploy.processes import KAFKA_SH, LIMAML, free_port, poll
 from limaml.stream.config import StreamConfig
 
 from .conftest import embeddings_behind

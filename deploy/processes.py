@@ -1,6 +1,8 @@
 """limaml services as child processes: start, probe over HTTP, stop, and poll for a state.
 
-Used by the integration tests and the benchmarks, which run the real workers.
+Used by `limaml up` (deploy/stack.py), the integration tests and the benchmarks, which run
+the real workers. deploy/kafka.sh and deploy/redis.sh ship in the installed package next to
+this module (package data), so an installed `limaml` finds them without the source tree.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 LIMAML = str(Path(sys.executable).parent / "limaml")
-REPO_ROOT = Path(__file__).resolve().parents[1]
-KAFKA_SH = REPO_ROOT / "deploy" / "kafka.sh"
+DEPLOY_DIR = Path(__file__).resolve().parent  # the installed limaml.deploy package: its scripts
+KAFKA_SH = DEPLOY_DIR / "kafka.sh"
+REDIS_SH = DEPLOY_DIR / "redis.sh"
 KAFKA_START_TIMEOUT_S = 300  # a cold jar download plus a broker start on a busy 2-core machine
 KAFKA_STOP_TIMEOUT_S = 60
 PROMETHEUS_MULTIPROCESS_VARS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
@@ -46,7 +49,7 @@ def run_kafka_sh(*args: str, timeout: float = KAFKA_START_TIMEOUT_S,
                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """deploy/kafka.sh with the given arguments, output captured. It runs in its own session,
     so a Ctrl-C meant for the caller cannot kill it half way through a start or a stop."""
-    return subprocess.run(["bash", str(KAFKA_SH), *args], cwd=REPO_ROOT, capture_output=True,
+    return subprocess.run(["bash", str(KAFKA_SH), *args], capture_output=True,
                           text=True, timeout=timeout, check=False, start_new_session=True, env=env)
 
 
