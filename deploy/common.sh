@@ -12,6 +12,20 @@ usage() {
     sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//' >&2
 }
 
+# Run the script's command: `main NAME ARGS...` calls its function cmd_NAME with ARGS; help,
+# or a command it does not have, shows the usage (exit 2 for the latter).
+main() {
+    local cmd=${1:-}
+    (($#)) && shift
+    case $cmd in
+        -h | --help | help) usage ;;
+        *)
+            [[ $cmd =~ ^[a-z]+$ ]] && declare -F "cmd_$cmd" >/dev/null || { usage; exit 2; }
+            "cmd_$cmd" "$@"
+            ;;
+    esac
+}
+
 # Whether something listens on the loopback port $1 (HOST is the script's address).
 port_in_use() { (exec 8<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 

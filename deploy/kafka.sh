@@ -630,17 +630,4 @@ cmd_status() {
     if ((ready == BROKERS)); then echo "running"; else echo "degraded"; exit 1; fi
 }
 
-main() {
-    local cmd=${1:-}
-    (($#)) && shift
-    case $cmd in
-        fetch) cmd_fetch ;;
-        start) cmd_start "$@" ;;
-        stop) cmd_stop "$@" ;;
-        status) cmd_status "$@" ;;
-        -h | --help | help) usage ;;
-        *) usage; exit 2 ;;
-    esac
-}
-
 main "$@"

@@ -187,17 +187,4 @@ cmd_status() {
     fi
 }
 
-main() {
-    local cmd=${1:-}
-    (($#)) && shift
-    case $cmd in
-        install) cmd_install ;;
-        start) cmd_start "$@" ;;
-        stop) cmd_stop "$@" ;;
-        status) cmd_status "$@" ;;
-        -h | --help | help) usage ;;
-        *) usage; exit 2 ;;
-    esac
-}
-
 main "$@"

@@ -47,9 +47,9 @@ from limaml.settings import ConfigError, Section, resolve
 from limaml.stream.topics import KafkaConfig, TopicNames, ensure_topics
 
 from .live_view import MODES, LiveView, StackInfo, many, summary
-from .processes import poll
+from .processes import poll, stop_all
 from .replayer import ReplayThread
-from .supervisor import Broker, Child, PidFile, RestartPolicy, Restarts, stop_all
+from .supervisor import Broker, Child, PidFile, RestartPolicy, Restarts
 from .telemetry import Backlog, CatchUp, Figures, History, Scrape, Snapshot, add_counters, parse_metrics
 
 log = logging.getLogger("limaml.up")

@@ -20,6 +20,8 @@ from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.featurestore.store import open_feature_store
 from limaml.deploy.processes import KAFKA_SH, LIMAML, free_port, poll
+from limaml.deploy.supervisor import running, start_time
+from limaml.deploy.telemetry import parse_metrics, total
 from limaml.stream.config import StreamConfig
 
 from .conftest import embeddings_behind
@@ -54,22 +56,18 @@ def stack_command(command: str, artifacts: Path, work: Path, ports: list[int], *
 
 
 def metric(port: int, name: str) -> float:
+    """The sum of a metric's samples over their labels (0 when the worker does not answer)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
             body = reply.read().decode()
     except OSError:
         return 0.0
-    return sum(float(row.split()[-1]) for row in body.splitlines()
-               if row.startswith((name + " ", name + "{")))
+    return total(parse_metrics(body), name)
 
 
-def alive(pid: int, started: int | None) -> bool:
+def alive(pid: int, started: float | None) -> bool:
     """The process runs (not a zombie) and is the one recorded (not a reused pid)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] != "Z" and (started is None or int(fields[19]) == started)
+    return start_time(pid) is not None and running(pid, started)
 
 
 def processes_mentioning(text: str) -> list[str]:
