@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -126,8 +127,13 @@ def test_up_runs_the_pipeline_and_ctrl_c_stops_everything(artifacts: Path, tmp_p
             data=json.dumps({"member_id": member, "candidates": ["i1", "i2", "i3"]}).encode())
 
         def scored_with_adapted_embedding() -> dict | None:
-            with urllib.request.urlopen(request, timeout=10) as reply:
-                body = json.loads(reply.read())
+            try:
+                with urllib.request.urlopen(request, timeout=10) as reply:
+                    body = json.loads(reply.read())
+            except urllib.error.HTTPError as error:
+                if error.code == 503:  # the online store was slower than store_timeout_s: ask again
+                    return None
+                raise
             return body if body["embedding"]["source"] == "adapted" else None
 
         scored = poll(scored_with_adapted_embedding, 60, f"the service to score {member} with its embedding")
