@@ -140,7 +140,7 @@ def run_profiles(args: argparse.Namespace) -> int:
 
 def run_forget(args: argparse.Namespace) -> int:
     """Erase members from every store; one line each; 1 when any is not confirmed in time."""
-    from limaml.forget import forget_members, members_to_forget
+    from limaml.stream.forget import forget_members, members_to_forget
 
     members = members_to_forget(args.member_ids, args.from_file)
     if args.timeout_s <= 0:

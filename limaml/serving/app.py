@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from limaml.featurestore.config import FeatureStoreConfig
-from limaml.refresh import RefreshRequester
+from limaml.stream.refresh import RefreshRequester
 from limaml.serving import ops, v1
 from limaml.serving.active import ActiveVersion
 from limaml.serving.auth import BearerAuth

@@ -24,7 +24,7 @@ from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
-from limaml.refresh import RefreshRequester
+from limaml.stream.refresh import RefreshRequester
 from limaml.stream.records import AdaptRequest
 from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
 
