@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import inspect
 import os
 import re
@@ -59,8 +60,9 @@ class Section:
         return cls(name, options)
 
 
+@functools.cache
 def field_comments(config_class: type) -> dict[str, str]:
-    """The trailing `# comment` of each field in the class body."""
+    """The trailing `# comment` of each field in the class body (read once per class)."""
     pattern = re.compile(r"^\s+(\w+):[^#]*#\s*(.+)$")
     source = inspect.getsource(config_class)
     return {m.group(1): m.group(2).strip() for m in map(pattern.match, source.splitlines()) if m}
