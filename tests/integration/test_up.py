@@ -13,6 +13,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import save_tiny_model
 from limaml.adapters.events import events_from_log
@@ -72,14 +73,12 @@ def alive(pid: int, started: float | None) -> bool:
 
 
 def processes_mentioning(text: str) -> list[str]:
+    """The processes (other than this one) whose command line holds `text`."""
     found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in args and str(os.getpid()) != cmdline.parent.name:
-            found.append(f"{cmdline.parent.name}: {args[:200]}")
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        args = " ".join(process.info["cmdline"] or ())
+        if text in args and process.info["pid"] != os.getpid():
+            found.append(f"{process.info['pid']}: {args[:200]}")
     return found
 
 
