@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # deploy/common.sh: the helpers deploy/kafka.sh and deploy/redis.sh share. Sourced, not run:
 #   . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 # Messages go to stderr, prefixed with the running script's name (kafka.sh, redis.sh).
@@ -20,7 +21,7 @@ main() {
     case $cmd in
         -h | --help | help) usage ;;
         *)
-            [[ $cmd =~ ^[a-z]+$ ]] && declare -F "cmd_$cmd" >/dev/null || { usage; exit 2; }
+            if [[ ! $cmd =~ ^[a-z]+$ ]] || ! declare -F "cmd_$cmd" >/dev/null; then usage; exit 2; fi
             "cmd_$cmd" "$@"
             ;;
     esac
