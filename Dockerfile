@@ -57,8 +57,11 @@ COPY adapters ./adapters
 COPY stream ./stream
 COPY featurestore ./featurestore
 COPY deploy ./deploy
+# deploy/kafka.sh and deploy/redis.sh are package data of limaml.deploy: `limaml up` in the
+# image finds them in the installed package (the source tree is not copied to the runtime).
 RUN pip install . \
     && python -c "import torch, limaml.cli; print('torch', torch.__version__)" \
+    && python -c "from limaml.deploy.processes import KAFKA_SH, REDIS_SH; assert KAFKA_SH.is_file() and REDIS_SH.is_file(), KAFKA_SH" \
     && limaml --help >/dev/null
 
 # ---------------------------------------------------------------------------------------

@@ -58,10 +58,10 @@ from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.store import open_feature_store
-from limaml.processes import (Worker, free_port, local_kafka, poll, restart_stopped_kafka_nodes,
+from limaml.deploy.processes import (Worker, free_port, local_kafka, poll, restart_stopped_kafka_nodes,
                               stop_kafka_node)
 from limaml.stream.records import MetaEmbedding
-from limaml.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
+from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
 from limaml.train import TrainConfig, meta_train
 
 PARTITIONS = 4

@@ -4,7 +4,7 @@ A real broker (deploy/kafka.sh, or KAFKA_BOOTSTRAP), one stream worker and one a
 worker with the SQLite Feast store, as in bench/freshness.py. Members of their own ("victims",
 not in the replayed log, so no background event brings them back) get a few events each and
 their embeddings; then the synthetic log is replayed at a sustained rate while victims are
-forgotten a few at a time (`limaml.forget.forget_members`). An erasure's time runs from its
+forgotten a few at a time (`limaml.stream.forget.forget_members`). An erasure's time runs from its
 request being sent to its confirmation, which the adaptation worker sends once the support
 set's tombstone, the online rows' delete and the compacted embedding's tombstone are done.
 At the end every victim is checked: no support set, no embedding.
@@ -32,9 +32,9 @@ from limaml.adapters.events import InteractionEvent
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.featurestore.store import open_feature_store
-from limaml.forget import forget_members
-from limaml.processes import local_kafka, poll
-from limaml.topics import PRODUCER_PARTITIONER, TopicNames
+from limaml.stream.forget import forget_members
+from limaml.deploy.processes import local_kafka, poll
+from limaml.stream.topics import PRODUCER_PARTITIONER, TopicNames
 
 VICTIM_EVENTS = 6  # more than the stream worker's min_new_signals: adapted at once
 ROUND_MEMBERS = 5  # victims forgotten per round

@@ -42,9 +42,9 @@ from limaml.deploy.telemetry import Buckets, buckets, parse_metrics, quantile, s
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
-from limaml.processes import Worker, free_port, local_kafka, poll
+from limaml.deploy.processes import Worker, free_port, local_kafka, poll
 from limaml.stream.records import MetaEmbedding
-from limaml.topics import KafkaConfig, TopicNames
+from limaml.stream.topics import KafkaConfig, TopicNames
 from limaml.train import TrainConfig, meta_train
 
 PARTITIONS = 4

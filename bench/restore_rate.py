@@ -34,10 +34,10 @@ from pathlib import Path
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from limaml.processes import Worker, free_port, local_kafka, poll
+from limaml.deploy.processes import Worker, free_port, local_kafka, poll
 from limaml.stream.policy import empty_support_set
 from limaml.stream.records import SupportSet
-from limaml.topics import PRODUCER_PARTITIONER, KafkaConfig, member_partition
+from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, member_partition
 
 PARTITIONS = 4
 SAMPLE = 200  # members read back from the worker after each restore

@@ -45,7 +45,7 @@ from limaml.featurestore.embeddings import EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
-from limaml.processes import Worker, free_port
+from limaml.deploy.processes import Worker, free_port
 from limaml.serving.lookup import EMBEDDING_FEATURES
 from limaml.train import TrainConfig, meta_train
 

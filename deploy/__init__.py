@@ -2,8 +2,12 @@
 a replay as child processes of one command, with a live view and a clean stop.
 
 - `stack.py`: the configuration, bring-up in order, the watch loop, teardown in reverse;
-- `supervisor.py`: child processes and the private Kafka broker, started in their own
-  sessions and stopped in stages (SIGTERM, then SIGKILL), the pid file, the restart policy;
+- `processes.py`: `limaml` commands as child processes, each in its own session, probed over
+  HTTP and stopped by `stop_all` (SIGTERM to each group, SIGKILL after a deadline); the
+  private Kafka broker through kafka.sh (also used by the tests and the benchmarks);
+- `supervisor.py`: the stack's children and broker, the pid file, the restart policy;
+- `kafka.sh`, `redis.sh` (with `common.sh`): a local broker and Redis server, shipped in the
+  installed package;
 - `telemetry.py`: figures from the workers' /metrics (counters, rates, histogram
   percentiles), no I/O;
 - `live_view.py`: those figures on a terminal, as plain lines, and the final summary;

@@ -48,6 +48,8 @@
 #   LIMAML_KAFKA_STOP_TIMEOUT   seconds to wait after SIGTERM before SIGKILL (default 30)
 #   MVN, JAVA_HOME              the Maven and Java to use (Kafka 4 needs Java 17+)
 set -euo pipefail
+# shellcheck source=common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # ---------------------------------------------------------------------------------------
 # Versions. 4.4.0 was the newest 4.x release of org.apache.kafka:kafka_2.13 on Maven
@@ -67,13 +69,6 @@ FETCH_MARKER="$LIBS_DIR/.complete"
 JAVA="${JAVA_HOME:+$JAVA_HOME/bin/}java"
 MVN="${MVN:-mvn}"
 HOST=127.0.0.1
-
-log() { printf 'kafka.sh: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-usage() {
-    sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//' >&2
-}
 
 # Hold an exclusive lock on a file until this (sub)shell exits, so that two concurrent
 # `fetch`es, or two `start`s on one data dir, do not trample each other. The lock lives
@@ -164,26 +159,9 @@ bootstrap_servers() {
 # The pid of the node's broker if it is running, else nothing (and a stale pid file is
 # removed). The command line is checked too, so a recycled pid is not mistaken for ours.
 node_pid() {
-    local dir pidfile pid
+    local dir
     dir=$(node_dir "$1")
-    pidfile="$dir/kafka.pid"
-    [[ -f $pidfile ]] || return 0
-    pid=$(<"$pidfile")
-    if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null \
-        && process_args "$pid" | grep -qF "kafka.Kafka $dir/server.properties"; then
-        echo "$pid"
-    else
-        rm -f "$pidfile"
-    fi
-}
-
-# The full command line of a process (ps -ww: never cut to the terminal's width).
-process_args() {
-    if [[ -r /proc/$1/cmdline ]]; then
-        tr '\0' ' ' <"/proc/$1/cmdline"
-    else
-        ps -ww -p "$1" -o args= 2>/dev/null
-    fi
+    live_pid "$dir/kafka.pid" "kafka.Kafka $dir/server.properties"
 }
 
 # Send an ApiVersions request (v0: api key 18, correlation id 7, null client id) to a
@@ -217,8 +195,6 @@ api_versions_ok_tls() {
 broker_answers() {
     if [[ $SECURITY == sasl_ssl ]]; then api_versions_ok_tls "$1"; else api_versions_ok "$1"; fi
 }
-
-port_in_use() { (exec 8<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 # The last lines of a node's logs, for error messages.
 show_logs() {
@@ -602,17 +578,10 @@ cmd_start() {
 
 # SIGTERM (a clean, controlled shutdown), then SIGKILL after the deadline.
 stop_node() {
-    local id=$1 timeout=$2 pid deadline
+    local id=$1 timeout=$2 pid
     pid=$(node_pid "$id")
     [[ -n $pid ]] || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    deadline=$((SECONDS + timeout))
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "node $id (pid $pid) still up after ${timeout} s; sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-        while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-    fi
+    stop_pid "$pid" "$timeout" "node $id"
     rm -f "$(node_dir "$id")/kafka.pid"
 }
 
@@ -659,19 +628,6 @@ cmd_status() {
     ((up == 0)) && { echo "stopped"; exit 3; }
     echo "KAFKA_BOOTSTRAP=$(bootstrap_servers)"
     if ((ready == BROKERS)); then echo "running"; else echo "degraded"; exit 1; fi
-}
-
-main() {
-    local cmd=${1:-}
-    (($#)) && shift
-    case $cmd in
-        fetch) cmd_fetch ;;
-        start) cmd_start "$@" ;;
-        stop) cmd_stop "$@" ;;
-        status) cmd_status "$@" ;;
-        -h | --help | help) usage ;;
-        *) usage; exit 2 ;;
-    esac
 }
 
 main "$@"

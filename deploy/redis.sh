@@ -37,16 +37,11 @@
 #   LIMAML_REDIS_TLS_KEY        PEM private key of that certificate
 # status and stop read the same variables (PING authenticates with the password).
 set -euo pipefail
+# shellcheck source=common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 HOST=127.0.0.1
 REDIS_SERVER="${REDIS_SERVER:-redis-server}"
-
-log() { printf 'redis.sh: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-usage() {
-    sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//' >&2
-}
 
 parse_opts() {
     DATA_DIR="${LIMAML_REDIS_DIR:-$PWD/.cache/redis}"
@@ -68,16 +63,7 @@ saved_port() { [[ -f $DATA_DIR/redis.port ]] && cat "$DATA_DIR/redis.port"; }
 # The pid of our server if it is running, else nothing (and a stale pid file is removed).
 # The command line is checked too, so a recycled pid is not mistaken for ours.
 server_pid() {
-    local pidfile=$DATA_DIR/redis.pid pid port
-    [[ -f $pidfile ]] || return 0
-    pid=$(<"$pidfile")
-    port=$(saved_port || true)
-    if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null \
-        && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "redis-server $HOST:$port"; then
-        echo "$pid"
-    else
-        rm -f "$pidfile"
-    fi
+    live_pid "$DATA_DIR/redis.pid" "redis-server $HOST:$(saved_port || true)"
 }
 
 # PING over the RESP protocol (after AUTH when a password is set; through redis-cli with
@@ -123,8 +109,6 @@ security_options() {
         SCHEME=redis
     fi
 }
-
-port_in_use() { (exec 8<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 cmd_install() {
     if command -v "$REDIS_SERVER" >/dev/null 2>&1; then
@@ -180,16 +164,10 @@ cmd_start() {
 
 cmd_stop() {
     parse_opts "$@"
-    local pid deadline
+    local pid
     pid=$(server_pid)
     [[ -n $pid ]] || { log "not running ($DATA_DIR)"; return 0; }
-    kill -TERM "$pid" 2>/dev/null || true
-    deadline=$((SECONDS + ${LIMAML_REDIS_STOP_TIMEOUT:-20}))
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "pid $pid still up after SIGTERM; sending SIGKILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
+    stop_pid "$pid" "${LIMAML_REDIS_STOP_TIMEOUT:-20}" redis-server
     rm -f "$DATA_DIR/redis.pid"
     log "stopped"
 }
@@ -207,19 +185,6 @@ cmd_status() {
         echo "running, pid $pid, $HOST:$port not answering"
         exit 1
     fi
-}
-
-main() {
-    local cmd=${1:-}
-    (($#)) && shift
-    case $cmd in
-        install) cmd_install ;;
-        start) cmd_start "$@" ;;
-        stop) cmd_stop "$@" ;;
-        status) cmd_status "$@" ;;
-        -h | --help | help) usage ;;
-        *) usage; exit 2 ;;
-    esac
 }
 
 main "$@"

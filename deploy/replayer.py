@@ -19,7 +19,7 @@ from limaml.adapters.events import events_from_log
 from limaml.adapters.replay import ReplayConfig, ReplayReport, connect, replay_events
 
 from limaml.data import InteractionLog
-from limaml.topics import KafkaConfig, TopicNames
+from limaml.stream.topics import KafkaConfig, TopicNames
 
 log = logging.getLogger(__name__)
 

@@ -43,13 +43,16 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from limaml.adapters.replay import ReplayConfig
 
 from limaml.data import InteractionLog
-from limaml.processes import poll
-from limaml.settings import ConfigError, Section, resolve
-from limaml.topics import KafkaConfig, TopicNames, ensure_topics
+from limaml.featurestore.config import FeatureStoreConfig
+from limaml.serving.config import ServeConfig
+from limaml.settings import ConfigError, Section, borrow, command_line, handed_on, resolve
+from limaml.stream.config import AdaptConfig, StreamConfig
+from limaml.stream.topics import KafkaConfig, TopicNames, ensure_topics
 
 from .live_view import MODES, LiveView, StackInfo, many, summary
+from .processes import poll, stop_all
 from .replayer import ReplayThread
-from .supervisor import Broker, Child, PidFile, RestartPolicy, Restarts, stop_all
+from .supervisor import Broker, Child, PidFile, RestartPolicy, Restarts
 from .telemetry import Backlog, CatchUp, Figures, History, Scrape, Snapshot, add_counters, parse_metrics
 
 log = logging.getLogger("limaml.up")
@@ -61,21 +64,25 @@ WORKERS = ("stream", "adapt", "serve")
 
 @dataclass(frozen=True)
 class StackConfig:
-    dataset: str = "synthetic"  # log to replay: synthetic[:key=value,...], movielens (downloads ml-100k once) or movielens:/path/to/ml-100k
-    rate: float = 500.0  # replay pace in events per second (0: as fast as the broker takes them)
-    limit: int = 0  # replay at most this many events (0: the whole log)
-    artifacts_dir: Path = Path("artifacts")  # model versions; the ACTIVE one is served
+    """`limaml up`'s settings. The `borrow`ed ones are the workers' (replay, Kafka, Feast,
+    stream, adapt, serve) settings of the same meaning, with their defaults unless given
+    here: the stack hands their values on (`handed_on`) as those workers' own options."""
+
+    dataset: str = borrow(ReplayConfig, "dataset")  # log to replay: synthetic[:key=value,...], movielens (downloads ml-100k once) or movielens:/path/to/ml-100k
+    rate: float = borrow(ReplayConfig, "rate", 500.0)  # replay pace in events per second (0: as fast as the broker takes them)
+    limit: int = borrow(ReplayConfig, "limit")
+    artifacts_dir: Path = borrow(AdaptConfig, "artifacts_dir", also=((ServeConfig, "artifacts_dir"),))
     work_dir: Path = Path(".cache/up")  # broker data, worker state, Feast store, logs and pids.json
     bootstrap: str = ""  # an existing Kafka broker to use (else env KAFKA_BOOTSTRAP, else a private one)
-    topic_prefix: str = "limaml"  # every topic name starts with this
-    partitions: int = 4  # partitions of each limaml topic
-    online_store: str = "sqlite"  # "sqlite" (a file in the work dir) or a Redis URL, e.g. redis://127.0.0.1:6379/0
-    host: str = "127.0.0.1"  # interface the scoring service listens on
-    stream_port: int = 6066  # HTTP port of the stream worker (/metrics, /members/<id>/)
-    adapt_port: int = 6067  # HTTP port of the adaptation worker (/metrics)
-    serve_port: int = 8000  # HTTP port of the scoring service (POST /v1/score, /healthz, /metrics)
-    device: str = "auto"  # torch device of the adaptation worker ("auto": CUDA when present)
-    max_staleness_s: float = 2.0  # the longest a member's new event waits for an adaptation
+    topic_prefix: str = borrow(KafkaConfig, "topic_prefix")
+    partitions: int = borrow(KafkaConfig, "partitions")
+    online_store: str = borrow(FeatureStoreConfig, "online_store")
+    host: str = borrow(ServeConfig, "host")
+    stream_port: int = borrow(StreamConfig, "web_port")
+    adapt_port: int = borrow(AdaptConfig, "web_port")
+    serve_port: int = borrow(ServeConfig, "port")
+    device: str = borrow(AdaptConfig, "device")
+    max_staleness_s: float = borrow(StreamConfig, "max_staleness_s", 2.0)  # the longest a member's new event waits for an adaptation
     fresh: bool = True  # start from an empty broker, worker state and store (a private broker only)
     duration_s: float = 0.0  # stop after this many seconds of replay (0: run until Ctrl-C)
     until_caught_up: bool = False  # stop once the replay is delivered and the adaptations have caught up
@@ -269,8 +276,8 @@ class Stack:
 
     # ----------------------------------------------------------------- bring-up
     def _bring_up(self, dataset: InteractionLog) -> None:
+        from limaml.featurestore.config import PASSWORD_FIELDS, SETTINGS
         from limaml.featurestore.profiles import write_member_profiles
-        from limaml.featurestore.config import PASSWORD_FIELDS, SETTINGS, FeatureStoreConfig
         from limaml.featurestore.store import open_feature_store
 
         config = self.config
@@ -289,39 +296,26 @@ class Stack:
         self._write_pids()
         # Replication and the rest of [kafka] from where the workers read them (file, environment).
         configured_kafka = resolve((Section.of("kafka", KafkaConfig),), self.config_file, None)["kafka"]
-        kafka = KafkaConfig(**{**configured_kafka, "bootstrap": self.bootstrap,
-                               "topic_prefix": config.topic_prefix, "partitions": config.partitions})
+        kafka = KafkaConfig(**{**configured_kafka, "bootstrap": self.bootstrap, **handed_on(config, KafkaConfig)})
         ensure_topics(kafka)
         fields = ",".join(sorted(dataset.member_features))
         configured = resolve((Section.of("feast", FeatureStoreConfig, SETTINGS),), self.config_file, None)["feast"]
         password = {name: configured[name] for name in PASSWORD_FIELDS}  # from where the workers read it
-        feast = FeatureStoreConfig(repo_dir=self.work / "feast", online_store=config.online_store,
-                                   profile_fields=fields, **password)
+        feast = FeatureStoreConfig(repo_dir=self.work / "feast", profile_fields=fields, **password,
+                                   **handed_on(config, FeatureStoreConfig))
         profiles = write_member_profiles(open_feature_store(feast), dataset)
         log.info("Feast store %s (%s): %s member profiles", feast.repo_dir, feast.shown_online_store,
                  f"{profiles:,}")
 
-        kafka_args = ["--bootstrap", self.bootstrap, "--topic-prefix", config.topic_prefix,
-                      "--partitions", str(config.partitions)]
-        kafka_args += ["--config", str(self.config_file)] if self.config_file else []
-        feast_args = ["--repo-dir", str(feast.repo_dir), "--online-store", config.online_store]
-        artifacts = str(config.artifacts_dir.resolve())
-        # The workers read their bearer tokens from the config file and the environment, as the
-        # view does to scrape them; the service runs over plain HTTP on its loopback default.
+        # The workers' bearer tokens, and the settings the stack does not set, come from the
+        # config file and the environment (as the view reads the tokens to scrape them).
+        config_file = ["--config", str(self.config_file)] if self.config_file else []
         tokens = self._configured_tokens()
-        plain_http = ["--ssl-certfile", "", "--ssl-keyfile", ""]
-        commands = {
-            "stream": (["stream", "--data-dir", str(self.work / "stream"), "--web-port", str(config.stream_port),
-                        "--max-staleness-s", str(config.max_staleness_s),
-                        "--check-interval-s", str(CHECK_INTERVAL_S)], config.stream_port),
-            "adapt": (["adapt", "--data-dir", str(self.work / "adapt"), "--web-port", str(config.adapt_port),
-                       "--artifacts-dir", artifacts, "--device", config.device, *feast_args], config.adapt_port),
-            "serve": (["serve", "--host", config.host, "--port", str(config.serve_port),
-                       "--artifacts-dir", artifacts, *feast_args, *plain_http], config.serve_port),
-        }
         started = time.monotonic()
-        for name, (args, port) in commands.items():
-            self.workers[name] = Child(name, [*args, *kafka_args], port, self.logs, tokens[name]).spawn()
+        for name, values in worker_options(config, self.work, self.bootstrap, feast.repo_dir).items():
+            port = getattr(config, f"{name}_port")
+            self.workers[name] = Child(name, [name, *command_line(values), *config_file], port, self.logs,
+                                       tokens[name]).spawn()
             self.info.processes[name] = f":{port} starting"
         self._write_pids()
         poll(lambda: not [name for name, child in self.workers.items() if not child.ready()],  # all checked
@@ -337,8 +331,7 @@ class Stack:
 
         topic = TopicNames(config.topic_prefix).interactions
         self.progress = KafkaProgress(kafka)
-        self.replay = ReplayThread(kafka, ReplayConfig(dataset=config.dataset, rate=config.rate,
-                                                       limit=config.limit), dataset)
+        self.replay = ReplayThread(kafka, ReplayConfig(**handed_on(config, ReplayConfig)), dataset)
         self.replay.start()
         self.info.replay_state = self.info.processes["replay"] = "running"
         pace = f"{config.rate:g} events/s" if config.rate else "full speed"
@@ -462,9 +455,6 @@ class Stack:
 
     def _configured_tokens(self) -> dict[str, str | None]:
         """The bearer token each worker's pages require (None: open), from where they read it."""
-        from limaml.serving.config import ServeConfig
-        from limaml.stream.config import AdaptConfig, StreamConfig
-
         sections = (Section.of("stream", StreamConfig), Section.of("adapt", AdaptConfig),
                     Section.of("serve", ServeConfig))
         values = resolve(sections, self.config_file, None)
@@ -499,6 +489,22 @@ class Stack:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def worker_options(config: StackConfig, work: Path, bootstrap: str, repo_dir: Path) -> dict[str, dict[str, Any]]:
+    """The options of each worker's command line, by worker: the stack's settings of its
+    section, its state under the work dir, the [kafka] and [feast] settings the stack uses;
+    the service over plain HTTP."""
+    kafka = {"bootstrap": bootstrap, **handed_on(config, KafkaConfig)}
+    feast = {"repo_dir": repo_dir, **handed_on(config, FeatureStoreConfig)}
+    artifacts = {"artifacts_dir": config.artifacts_dir.resolve()}
+    return {
+        "stream": {**handed_on(config, StreamConfig), "data_dir": work / "stream",
+                   "check_interval_s": CHECK_INTERVAL_S, **kafka},
+        "adapt": {**handed_on(config, AdaptConfig), **artifacts, "data_dir": work / "adapt", **feast, **kafka},
+        "serve": {**handed_on(config, ServeConfig), **artifacts, **feast, "ssl_certfile": "", "ssl_keyfile": "",
+                  **kafka},
+    }
 
 
 def _port_free(host: str, port: int) -> bool:

@@ -17,83 +17,32 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from limaml.processes import Worker, run_kafka_sh, start_kafka
+import psutil
+
+from .processes import Hurry, Target, Worker, run_kafka_sh, signal_group, start_kafka, stop_all
 
 log = logging.getLogger(__name__)
 
-Hurry = Callable[[], bool]
 
-
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux), None if it is gone."""
+def start_time(pid: int) -> float | None:
+    """The process's start time (psutil's create_time, seconds since the epoch), which tells
+    it from a later process given the same pid; None if it is gone or a zombie."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        process = psutil.Process(pid)
+        return None if process.status() == psutil.STATUS_ZOMBIE else process.create_time()
+    except psutil.Error:
         return None
-    fields = stat.rsplit(")", 1)[1].split()  # the command name, in parentheses, may hold spaces
-    return None if fields[0] == "Z" else int(fields[19])
 
 
-def running(pid: int, started: int | None) -> bool:
+def running(pid: int, started: float | None) -> bool:
     """True while the process with this pid and start time runs (a reused pid is not it)."""
-    if started is None:  # no /proc: trust the pid alone
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+    if started is None:  # no start time was recorded: trust the pid alone
+        return psutil.pid_exists(pid)
     return start_time(pid) == started
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-@dataclass(frozen=True)
-class Target:
-    """A running process group to stop: its leader's pid, how to tell it still runs, the
-    signal that asks it to stop."""
-
-    name: str
-    pid: int
-    alive: Callable[[], bool]
-    signal: signal.Signals = signal.SIGTERM
-
-
-def stop_all(targets: list[Target], timeout_s: float, hurry: Hurry) -> list[tuple[str, str]]:
-    """Signal every group (in list order), wait for them all to exit, SIGKILL the groups still
-    running after `timeout_s`, or at once when `hurry()`; how each one ended, in list order."""
-    started = time.monotonic()
-    if not hurry():
-        for target in targets:
-            _signal_group(target.pid, target.signal)
-    ended: dict[str, str] = {}
-    pending = list(targets)
-    while True:
-        for target in [t for t in pending if not t.alive()]:
-            ended[target.name] = f"{target.signal.name}, {time.monotonic() - started:.1f} s"
-            pending.remove(target)
-        if not pending or hurry() or time.monotonic() - started >= timeout_s:
-            break
-        time.sleep(0.05)
-    for target in pending:
-        _signal_group(target.pid, signal.SIGKILL)
-        while target.alive():
-            time.sleep(0.05)
-        ended[target.name] = f"SIGKILL after {time.monotonic() - started:.1f} s"
-    for target in targets:
-        _signal_group(target.pid, signal.SIGKILL)  # anything a leader left behind in its group
-    return [(target.name, ended[target.name]) for target in targets]
 
 
 @dataclass(frozen=True)
@@ -148,7 +97,7 @@ class Child(Worker):
     def __init__(self, name: str, args: list[str], web_port: int, log_dir: Path,
                  token: str | None = None) -> None:
         super().__init__(name, args, web_port, log_dir, token)
-        self.started: int | None = None
+        self.started: float | None = None
 
     def spawn(self) -> Child:
         super().spawn()
@@ -163,33 +112,20 @@ class Child(Worker):
     def exit_code(self) -> int | None:
         return None if self.process is None else self.process.poll()
 
-    def target(self) -> Target | None:
-        """What `stop_all` needs, None when the process is not running."""
-        process = self.process
-        if process is None or process.poll() is not None:
-            return None
-        return Target(self.name, process.pid, lambda: process.poll() is None)
-
-    def stop(self, timeout_s: float = 60.0, hurry: Hurry = lambda: False) -> str:
-        target = self.target()
-        if target is None:
-            return "not running"
-        return stop_all([target], timeout_s, hurry)[0][1]
-
-    def record(self) -> dict[str, int | None]:
+    def record(self) -> dict[str, float | None]:
         assert self.process is not None
         return {"pid": self.process.pid, "started": self.started}
 
     def respawn(self) -> Child:
         """Start it again, after killing anything its exited leader left in its group."""
         if self.process is not None:
-            _signal_group(self.process.pid, signal.SIGKILL)
+            signal_group(self.process.pid, signal.SIGKILL)
         return self.spawn()
 
 
 class Broker:
     """A private single-node Kafka broker run by deploy/kafka.sh in `data_dir` (the stack's
-    `limaml.processes.local_kafka`, with a pid record and a hurried stop). kafka.sh runs in
+    `limaml.deploy.processes.local_kafka`, with a pid record and a hurried stop). kafka.sh runs in
     its own session, so `stop` is safe to call whatever state `start` reached."""
 
     def __init__(self, data_dir: Path) -> None:
@@ -204,7 +140,7 @@ class Broker:
     def pid_file(self) -> Path:
         return self.data_dir / "node-1" / "kafka.pid"
 
-    def record(self) -> dict[str, int | None]:
+    def record(self) -> dict[str, float | None]:
         try:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
@@ -231,7 +167,7 @@ class PidFile:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def write(self, children: dict[str, dict[str, int | None]], **info: object) -> None:
+    def write(self, children: dict[str, dict[str, float | None]], **info: object) -> None:
         body = {"pid": os.getpid(), "started": start_time(os.getpid()), "children": children, **info}
         temporary = self.path.with_suffix(".tmp")
         temporary.write_text(json.dumps(body, indent=2) + "\n")

@@ -47,7 +47,7 @@ class ModelsConfig:
 
 @cache
 def kafka_section() -> Section:
-    from limaml.topics import KafkaConfig
+    from limaml.stream.topics import KafkaConfig
 
     return Section.of("kafka", KafkaConfig)
 
@@ -209,7 +209,7 @@ def run_ablate(args: argparse.Namespace) -> int:
 
 def run_replay(args: argparse.Namespace) -> int:
     from limaml.adapters.replay import ReplayConfig, run_replay as replay
-    from limaml.topics import KafkaConfig
+    from limaml.stream.topics import KafkaConfig
 
     settings = resolve(replay_sections(), args.config, args)
     report = replay(KafkaConfig(**settings["kafka"]), ReplayConfig(**settings["replay"]), progress=not args.quiet)
@@ -221,7 +221,7 @@ def run_worker(args: argparse.Namespace) -> int:
     from limaml.featurestore.config import FeatureStoreConfig
     from limaml.stream.config import AdaptConfig, StreamConfig
     from limaml.stream.run import run_adapt_worker, run_stream_worker
-    from limaml.topics import KafkaConfig
+    from limaml.stream.topics import KafkaConfig
 
     kind = args.command
     settings = resolve(COMMANDS[kind].sections(), args.config, args)
@@ -239,7 +239,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from limaml.featurestore.config import FeatureStoreConfig
     from limaml.serving.config import ServeConfig
     from limaml.serving.run import run_serve as serve
-    from limaml.topics import KafkaConfig
+    from limaml.stream.topics import KafkaConfig
 
     settings = resolve(serve_sections(), args.config, args)
     return serve(KafkaConfig(**settings["kafka"]), ServeConfig(**settings["serve"]),
@@ -265,8 +265,8 @@ def run_profiles(args: argparse.Namespace) -> int:
 
 def run_forget(args: argparse.Namespace) -> int:
     """Erase members from every store; one line each; 1 when any is not confirmed in time."""
-    from limaml.forget import forget_members, members_to_forget
-    from limaml.topics import KafkaConfig
+    from limaml.stream.forget import forget_members, members_to_forget
+    from limaml.stream.topics import KafkaConfig
 
     settings = resolve(forget_sections(), args.config, args)
     options = ForgetConfig(**settings["forget"])

@@ -4,12 +4,17 @@ Each configurable thing is a dataclass; its fields are declared once and everyth
 is derived from them: the `[section]` of the TOML file, the `LIMAML_<SECTION>_<FIELD>`
 environment variables, and the `--field` command-line options (whose help text is the
 field's trailing comment). Later sources win: defaults < file < environment < command line.
+
+A config class that sets another one's settings (`limaml up` sets the workers') declares
+those fields with `borrow`: their default and help are the other class's, and `handed_on`
+and `command_line` pass their values on under the other class's names.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import inspect
 import os
 import re
@@ -48,18 +53,50 @@ class Section:
         comments = field_comments(config_class)
         wanted = set(only) if only is not None else None
         options = tuple(
-            Option(f.name, hints[f.name], f.default, comments.get(f.name, ""))
+            Option(f.name, hints[f.name], f.default, comments.get(f.name) or f.metadata.get("help", ""))
             for f in dataclasses.fields(config_class)
             if f.default is not dataclasses.MISSING and (wanted is None or f.name in wanted)
         )
         return cls(name, options)
 
 
+@functools.cache
 def field_comments(config_class: type) -> dict[str, str]:
-    """The trailing `# comment` of each field in the class body."""
+    """The trailing `# comment` of each field in the class body (read once per class)."""
     pattern = re.compile(r"^\s+(\w+):[^#]*#\s*(.+)$")
     source = inspect.getsource(config_class)
     return {m.group(1): m.group(2).strip() for m in map(pattern.match, source.splitlines()) if m}
+
+
+def borrow(config_class: type, name: str, default: Any = dataclasses.MISSING, *,
+           also: Iterable[tuple[type, str]] = ()) -> Any:
+    """A dataclass field that sets `config_class`'s setting `name` (and those in `also`): its
+    default, unless given, and its help (when the field has no comment of its own) are
+    that setting's."""
+    source = next(f for f in dataclasses.fields(config_class) if f.name == name)
+    comment = field_comments(config_class).get(name, "")
+    return dataclasses.field(default=source.default if default is dataclasses.MISSING else default,
+                             metadata={"help": f"{comment} (sets {config_class.__name__}.{name})",
+                                       "sets": ((config_class, name), *also)})
+
+
+def handed_on(config: Any, config_class: type) -> dict[str, Any]:
+    """The values of `config`'s `borrow`ed fields that set `config_class`'s settings, under
+    the names of those settings."""
+    return {target: getattr(config, f.name) for f in dataclasses.fields(config)
+            for owner, target in f.metadata.get("sets", ()) if owner is config_class}
+
+
+def command_line(values: Mapping[str, Any]) -> list[str]:
+    """The command-line options (as `add_arguments` declares them) that set these values."""
+    arguments: list[str] = []
+    for name, value in values.items():
+        flag = name.replace("_", "-")
+        if isinstance(value, bool):
+            arguments.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            arguments += [f"--{flag}", _show(value)]
+    return arguments
 
 
 def parse_value(option: Option, value: Any, source: str) -> Any:

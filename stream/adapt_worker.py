@@ -46,7 +46,7 @@ from limaml.stream.metrics import AdaptMetrics
 from limaml.stream.records import (ERASE, AdaptAnswer, AdaptRequest, ErasureAnswer, MetaEmbedding,
                                    RefreshRequest)
 from limaml.stream.web_auth import web_application_options
-from limaml.topics import KafkaConfig, TopicNames
+from limaml.stream.topics import KafkaConfig, TopicNames
 
 log = logging.getLogger(__name__)
 

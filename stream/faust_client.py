@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from limaml.topics import KafkaConfig
+from limaml.stream.topics import KafkaConfig
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from limaml.stream.records import (AdaptAnswer, AdaptRequest, ErasureRequest, Re
                                    SentRequest, SupportSet, erasure_of)
 from limaml.stream.source_offsets import decode_offset, encode_offset, is_member_key, offset_key
 from limaml.stream.web_auth import web_application_options
-from limaml.topics import KafkaConfig, TopicNames, member_partition
+from limaml.stream.topics import KafkaConfig, TopicNames, member_partition
 
 log = logging.getLogger(__name__)
 

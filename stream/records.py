@@ -109,7 +109,7 @@ class MetaEmbedding(faust.Record, serializer="json", include_metadata=False):
 
 class RefreshRequest(faust.Record, serializer="json", include_metadata=False):
     """Topic `limaml.refresh-requests`: re-adapt a member, or every member of the partition
-    it is sent to, from the stored support set (see `limaml.refresh`)."""
+    it is sent to, from the stored support set (see `limaml.stream.refresh`)."""
 
     member_id: str  # "" when `backfill`
     reason: str  # "version" (a reader saw another model version's embedding), "expired" (one older than max_embedding_age_s) or "backfill"

@@ -10,7 +10,7 @@ from limaml.featurestore.config import FeatureStoreConfig
 from limaml.stream.adapt_worker import create_adapt_app
 from limaml.stream.config import AdaptConfig, StreamConfig
 from limaml.stream.ingest import create_stream_app
-from limaml.topics import KafkaConfig, ensure_topics
+from limaml.stream.topics import KafkaConfig, ensure_topics
 
 
 def run_app(app: faust.App) -> None:

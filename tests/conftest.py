@@ -17,7 +17,8 @@ from limaml.data import InteractionLog
 from limaml.model import LiMAML
 from limaml.train import TrainConfig, meta_train
 
-SHARED_ML100K = Path(__file__).resolve().parents[1].parent / "shared/datasets/ml-100k"
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the source tree (docker-compose.yml, Dockerfile, pyproject.toml)
+SHARED_ML100K = REPO_ROOT.parent / "shared/datasets/ml-100k"
 
 
 def require_component(name: str, available: bool, how_to_install: str) -> None:

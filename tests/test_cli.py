@@ -173,7 +173,7 @@ def test_profiles_of_a_log_without_member_features_are_none_to_write(
 
 def test_forget_takes_members_from_the_command_line_and_a_file_once_each(tmp_path: Path,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
-    from limaml.forget import members_to_forget
+    from limaml.stream.forget import members_to_forget
 
     listed = tmp_path / "members.txt"
     listed.write_text("m2\n\n  m3 \nm1\n")

@@ -45,7 +45,7 @@ def test_the_top_level_help_and_usage_errors_import_no_heavy_module(argv: tuple[
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_no_commands_help_imports_torch(command: str) -> None:
     """Those of LIGHT_HELP import no heavy module at all; the others' settings are declared
-    next to client code (KafkaConfig in limaml.topics, ReplayConfig and StackConfig with
+    next to client code (KafkaConfig in limaml.stream.topics, ReplayConfig and StackConfig with
     the replay and the stack), which imports the Kafka client or pandas."""
     imported = heavy_modules_imported(command, "--help")
     assert "torch" not in imported

@@ -27,9 +27,9 @@ import jsonschema
 import pytest
 import yaml
 
-from conftest import require_component
+from conftest import REPO_ROOT, require_component
 from limaml import cli
-from limaml.processes import KAFKA_SH, REPO_ROOT
+from limaml.deploy.processes import KAFKA_SH
 from limaml.settings import Option, Section, parse_value
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"

@@ -12,7 +12,7 @@ from limaml.stream.adapt_worker import create_adapt_app
 from limaml.stream.config import AdaptConfig, StreamConfig
 from limaml.stream.faust_client import FETCH_MAX_WAIT_MS
 from limaml.stream.ingest import create_stream_app
-from limaml.topics import KafkaConfig
+from limaml.stream.topics import KafkaConfig
 
 from conftest import save_tiny_model
 

@@ -10,7 +10,7 @@ import pytest
 from limaml.settings import ConfigError, Section, resolve
 from limaml.stream.config import StreamConfig
 from limaml.stream.ingest import create_stream_app
-from limaml.topics import KafkaConfig
+from limaml.stream.topics import KafkaConfig
 
 from certificates import make_certificates
 

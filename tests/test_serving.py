@@ -31,14 +31,14 @@ from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import SQLITE_PATH, open_feature_store
 from certificates import make_certificates
 from conftest import require_component
-from limaml.processes import free_port, poll
+from limaml.deploy.processes import free_port, poll
 from limaml.serving.app import create_app
 from limaml.serving.config import ServeConfig
 from limaml.serving.run import check_certificate
 from limaml.serving.scorer import VersionScorer
 from limaml.serving.throttle import RefreshThrottle
 from limaml.settings import ConfigError
-from limaml.topics import KafkaConfig
+from limaml.stream.topics import KafkaConfig
 
 DATASET = "synthetic:n_members=30,n_items=40,mean_events=12,seed=5"
 MAX_CANDIDATES = 20

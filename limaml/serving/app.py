@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from limaml.featurestore.config import FeatureStoreConfig
-from limaml.refresh import RefreshRequester
+from limaml.stream.refresh import RefreshRequester
 from limaml.serving import ops, v1
 from limaml.serving.active import ActiveVersion
 from limaml.serving.auth import BearerAuth
@@ -23,7 +23,7 @@ from limaml.serving.errors import ServingError
 from limaml.serving.metrics import RequestMetrics, ServeMetrics
 from limaml.serving.store_reads import StoreReads
 from limaml.serving.throttle import RefreshThrottle, Requester
-from limaml.topics import KafkaConfig
+from limaml.stream.topics import KafkaConfig
 
 log = logging.getLogger("limaml.serving")
 

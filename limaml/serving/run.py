@@ -13,7 +13,7 @@ from limaml.featurestore.config import FeatureStoreConfig
 from limaml.serving.app import create_app
 from limaml.serving.config import ServeConfig
 from limaml.settings import ConfigError
-from limaml.topics import KafkaConfig
+from limaml.stream.topics import KafkaConfig
 
 STARTUP_FAILED = 3  # uvicorn's exit status when the app's lifespan fails to start
 

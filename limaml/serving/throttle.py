@@ -13,7 +13,7 @@ EXPIRED = "expired"  # a RefreshRequest reason: the stored embedding is older th
 
 
 class Requester(Protocol):
-    """What sends a request (`limaml.refresh.RefreshRequester` in production)."""
+    """What sends a request (`limaml.stream.refresh.RefreshRequester` in production)."""
 
     def request(self, member_id: str, reason: str, model_version: str) -> None: ...
 

@@ -28,7 +28,7 @@ from limaml.adapters.events import DeadLetter, InteractionEvent, decode_event
 from limaml.adapters.registry import load_dataset
 from limaml.data import InteractionLog
 from limaml.featurestore.embeddings import EmbeddingReader
-from limaml.processes import local_kafka, poll
+from limaml.deploy.processes import local_kafka, poll
 
 TOPIC_READY_TIMEOUT_S = 30.0
 

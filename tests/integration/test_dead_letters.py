@@ -19,8 +19,8 @@ from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, 
 
 from limaml.adapters.events import MAX_DEAD_LETTER_RAW_BYTES, InteractionEvent, events_from_log
 from limaml.data import InteractionLog
-from limaml.processes import Worker, poll
-from limaml.topics import KafkaConfig, ensure_topics
+from limaml.deploy.processes import Worker, poll
+from limaml.stream.topics import KafkaConfig, ensure_topics
 
 from .conftest import TOPIC_READY_TIMEOUT_S, delete_topics_with_prefix, read_dead_letters
 from .test_pipeline import DATASET, PARTITIONS, Pipeline, events_by_member, support_sets_match  # noqa: F401 - DATASET names the module's log

@@ -22,10 +22,10 @@ from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.featurestore.profiles import read_member_profiles, write_member_profiles
 from limaml.featurestore.store import open_feature_store
-from limaml.processes import Worker, poll
+from limaml.deploy.processes import Worker, poll
 from limaml.serving.app import create_app
 from limaml.serving.config import ServeConfig
-from limaml.topics import KafkaConfig, ensure_topics
+from limaml.stream.topics import KafkaConfig, ensure_topics
 from test_featurestore import redis_url  # noqa: F401  (the fixture)
 
 from .conftest import delete_topics_with_prefix, records_in_topic

@@ -26,9 +26,9 @@ from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.store import open_feature_store
-from limaml.processes import (Worker, local_kafka, poll, restart_stopped_kafka_nodes,
+from limaml.deploy.processes import (Worker, local_kafka, poll, restart_stopped_kafka_nodes,
                               stop_kafka_node)
-from limaml.topics import KafkaConfig, ensure_topics
+from limaml.stream.topics import KafkaConfig, ensure_topics
 
 from .conftest import TOPIC_READY_TIMEOUT_S, delete_topics_with_prefix, embeddings_behind, events_in_topic
 from .test_pipeline import Pipeline, events_by_member, support_sets_match

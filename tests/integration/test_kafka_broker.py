@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
 
-from limaml.processes import REPO_ROOT, run_kafka_sh
+from conftest import REPO_ROOT
+from limaml.deploy.processes import run_kafka_sh
 
 from .conftest import KafkaBroker
 

@@ -19,8 +19,8 @@ from limaml.data import InteractionLog
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.store import open_feature_store
-from limaml.processes import LIMAML, Worker, bootstrap_of, child_env, free_port, free_port_run, poll, run_kafka_sh
-from limaml.topics import KafkaConfig, KafkaConnectionError, connect_admin, ensure_topics
+from limaml.deploy.processes import LIMAML, Worker, bootstrap_of, child_env, free_port, free_port_run, poll, run_kafka_sh
+from limaml.stream.topics import KafkaConfig, KafkaConnectionError, connect_admin, ensure_topics
 
 from .test_pipeline import DATASET, PARTITIONS, Pipeline  # noqa: F401 - DATASET names the module's log
 from .test_serving_e2e import score

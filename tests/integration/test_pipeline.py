@@ -26,12 +26,12 @@ from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
-from limaml.refresh import RefreshRequester
+from limaml.stream.refresh import RefreshRequester
 from limaml.stream.records import AdaptRequest
-from limaml.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics, member_partition
+from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics, member_partition
 
 from .conftest import delete_topics_with_prefix, read_dead_letters
-from limaml.processes import Worker, free_port, poll
+from limaml.deploy.processes import Worker, free_port, poll
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -17,7 +17,7 @@ from limaml.adapters.events import InteractionEvent, decode_event, events_from_l
 from limaml.adapters.registry import load_dataset
 from limaml.adapters.replay import ReplayConfig, connect, replay_events, run_replay
 from limaml.cli import main
-from limaml.topics import KafkaConfig, member_partition, topic_specs
+from limaml.stream.topics import KafkaConfig, member_partition, topic_specs
 
 from .conftest import TOPIC_READY_TIMEOUT_S, TopicFactory
 

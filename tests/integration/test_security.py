@@ -29,8 +29,8 @@ from limaml.adapters.registry import load_dataset
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.store import open_feature_store
-from limaml.processes import LIMAML, Worker, free_port, poll
-from limaml.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
+from limaml.deploy.processes import LIMAML, Worker, free_port, poll
+from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

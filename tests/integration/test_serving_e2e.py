@@ -21,8 +21,8 @@ from limaml.data import InteractionLog
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
-from limaml.processes import Worker, free_port, poll
-from limaml.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
+from limaml.deploy.processes import Worker, free_port, poll
+from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
 
 from .conftest import delete_topics_with_prefix
 

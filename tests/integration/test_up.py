@@ -8,10 +8,12 @@ import os
 import signal
 import socket
 import subprocess
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import save_tiny_model
 from limaml.adapters.events import events_from_log
@@ -19,7 +21,9 @@ from limaml.adapters.registry import load_dataset
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.featurestore.store import open_feature_store
-from limaml.processes import KAFKA_SH, LIMAML, free_port, poll
+from limaml.deploy.processes import KAFKA_SH, LIMAML, free_port, poll
+from limaml.deploy.supervisor import running, start_time
+from limaml.deploy.telemetry import parse_metrics, total
 from limaml.stream.config import StreamConfig
 
 from .conftest import embeddings_behind
@@ -54,33 +58,27 @@ def stack_command(command: str, artifacts: Path, work: Path, ports: list[int], *
 
 
 def metric(port: int, name: str) -> float:
+    """The sum of a metric's samples over their labels (0 when the worker does not answer)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
             body = reply.read().decode()
     except OSError:
         return 0.0
-    return sum(float(row.split()[-1]) for row in body.splitlines()
-               if row.startswith((name + " ", name + "{")))
+    return total(parse_metrics(body), name)
 
 
-def alive(pid: int, started: int | None) -> bool:
+def alive(pid: int, started: float | None) -> bool:
     """The process runs (not a zombie) and is the one recorded (not a reused pid)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] != "Z" and (started is None or int(fields[19]) == started)
+    return start_time(pid) is not None and running(pid, started)
 
 
 def processes_mentioning(text: str) -> list[str]:
+    """The processes (other than this one) whose command line holds `text`."""
     found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in args and str(os.getpid()) != cmdline.parent.name:
-            found.append(f"{cmdline.parent.name}: {args[:200]}")
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        args = " ".join(process.info["cmdline"] or ())
+        if text in args and process.info["pid"] != os.getpid():
+            found.append(f"{process.info['pid']}: {args[:200]}")
     return found
 
 
@@ -128,8 +126,13 @@ def test_up_runs_the_pipeline_and_ctrl_c_stops_everything(artifacts: Path, tmp_p
             data=json.dumps({"member_id": member, "candidates": ["i1", "i2", "i3"]}).encode())
 
         def scored_with_adapted_embedding() -> dict | None:
-            with urllib.request.urlopen(request, timeout=10) as reply:
-                body = json.loads(reply.read())
+            try:
+                with urllib.request.urlopen(request, timeout=10) as reply:
+                    body = json.loads(reply.read())
+            except urllib.error.HTTPError as error:
+                if error.code == 503:  # the online store was slower than store_timeout_s: ask again
+                    return None
+                raise
             return body if body["embedding"]["source"] == "adapted" else None
 
         scored = poll(scored_with_adapted_embedding, 60, f"the service to score {member} with its embedding")

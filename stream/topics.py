@@ -174,57 +174,32 @@ class KafkaConfig:
         return ";".join(f"kafka://{server.strip()}" for server in self.bootstrap.split(","))
 
 
+def _topic(suffix: str, doc: str) -> property:
+    """A topic name: the prefix, a dot, `suffix`."""
+    return property(lambda names: f"{names.prefix}.{suffix}", doc=doc)
+
+
 @dataclass(frozen=True)
 class TopicNames:
     prefix: str = "limaml"  # every topic name starts with this
 
-    @property
-    def interactions(self) -> str:
-        """JSON interaction events, keyed by member_id."""
-        return f"{self.prefix}.interactions"
-
-    @property
-    def dead_letters(self) -> str:
-        """Events that failed validation: raw bytes, reason, source offset."""
-        return f"{self.prefix}.interactions.dlq"
-
-    @property
-    def adapt_requests(self) -> str:
-        """Support-set snapshots to adapt, keyed by member_id."""
-        return f"{self.prefix}.adapt-requests"
-
-    @property
-    def sent_requests(self) -> str:
-        """Internal to the stream workers: the timer's adapt requests, for the owner to record."""
-        return f"{self.prefix}.stream-sent-requests"
-
-    @property
-    def adapt_answers(self) -> str:
-        """Every served adapt request, its embedding written or superseded by a stored newer
-        one, keyed by member_id: what settles the stream workers' outstanding request."""
-        return f"{self.prefix}.adapt-answers"
-
-    @property
-    def refresh_requests(self) -> str:
-        """Members to re-adapt from their stored support set (a scoring service saw an
-        embedding of another model version; a backfill after a model switch), keyed by member_id."""
-        return f"{self.prefix}.refresh-requests"
-
-    @property
-    def erasure_requests(self) -> str:
-        """Members to forget (`limaml forget`), keyed by member_id: the member's stream worker
-        deletes its support set and forwards the erasure to the adaptation workers."""
-        return f"{self.prefix}.erasure-requests"
-
-    @property
-    def erasure_answers(self) -> str:
-        """Erasures done: every store cleaned of the member, keyed by member_id."""
-        return f"{self.prefix}.erasure-answers"
-
-    @property
-    def meta_embeddings(self) -> str:
-        """Compacted: the latest meta embedding of each member."""
-        return f"{self.prefix}.meta-embeddings"
+    interactions = _topic("interactions", "JSON interaction events, keyed by member_id.")
+    dead_letters = _topic("interactions.dlq", "Events that failed validation: raw bytes, reason, source offset.")
+    adapt_requests = _topic("adapt-requests", "Support-set snapshots to adapt, keyed by member_id.")
+    sent_requests = _topic("stream-sent-requests", "Internal to the stream workers: the timer's adapt "
+                           "requests, for the owner to record.")
+    adapt_answers = _topic("adapt-answers", "Every served adapt request, its embedding written or superseded "
+                           "by a stored newer one, keyed by member_id: what settles the stream workers' "
+                           "outstanding request.")
+    refresh_requests = _topic("refresh-requests", "Members to re-adapt from their stored support set (a "
+                              "scoring service saw an embedding of another model version; a backfill after "
+                              "a model switch), keyed by member_id.")
+    erasure_requests = _topic("erasure-requests", "Members to forget (`limaml forget`), keyed by member_id: "
+                              "the member's stream worker deletes its support set and forwards the erasure "
+                              "to the adaptation workers.")
+    erasure_answers = _topic("erasure-answers", "Erasures done: every store cleaned of the member, keyed by "
+                             "member_id.")
+    meta_embeddings = _topic("meta-embeddings", "Compacted: the latest meta embedding of each member.")
 
 
 def topic_specs(config: KafkaConfig) -> dict[str, dict[str, str]]:

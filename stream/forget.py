@@ -20,7 +20,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from limaml.settings import ConfigError
-from limaml.topics import PRODUCER_PARTITIONER, KafkaConfig, KafkaConnectionError, TopicNames, ensure_topics
+from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, KafkaConnectionError, TopicNames, ensure_topics
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,12 @@
 """limaml services as child processes: start, probe over HTTP, stop, and poll for a state.
 
-Used by the integration tests and the benchmarks, which run the real workers.
+Every child runs in a session (and process group) of its own; `stop_all` is the one way
+they are stopped: SIGTERM to each whole group, SIGKILL after a deadline (or at once when
+hurried).
+
+Used by `limaml up` (deploy/stack.py), the integration tests and the benchmarks, which run
+the real workers. deploy/kafka.sh and deploy/redis.sh ship in the installed package next to
+this module (package data), so an installed `limaml` finds them without the source tree.
 """
 
 from __future__ import annotations
@@ -16,16 +22,21 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .telemetry import parse_metrics
+
 LIMAML = str(Path(sys.executable).parent / "limaml")
-REPO_ROOT = Path(__file__).resolve().parents[1]
-KAFKA_SH = REPO_ROOT / "deploy" / "kafka.sh"
+DEPLOY_DIR = Path(__file__).resolve().parent  # the installed limaml.deploy package: its scripts
+KAFKA_SH = DEPLOY_DIR / "kafka.sh"
+REDIS_SH = DEPLOY_DIR / "redis.sh"
 KAFKA_START_TIMEOUT_S = 300  # a cold jar download plus a broker start on a busy 2-core machine
 KAFKA_STOP_TIMEOUT_S = 60
 PROMETHEUS_MULTIPROCESS_VARS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
 T = TypeVar("T")
+Hurry = Callable[[], bool]
 
 
 def child_env() -> dict[str, str]:
@@ -46,7 +57,7 @@ def run_kafka_sh(*args: str, timeout: float = KAFKA_START_TIMEOUT_S,
                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """deploy/kafka.sh with the given arguments, output captured. It runs in its own session,
     so a Ctrl-C meant for the caller cannot kill it half way through a start or a stop."""
-    return subprocess.run(["bash", str(KAFKA_SH), *args], cwd=REPO_ROOT, capture_output=True,
+    return subprocess.run(["bash", str(KAFKA_SH), *args], capture_output=True,
                           text=True, timeout=timeout, check=False, start_new_session=True, env=env)
 
 
@@ -130,6 +141,51 @@ def poll(check: Callable[[], T | None], timeout_s: float, what: str, interval_s:
         time.sleep(interval_s)
 
 
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """Send `sig` to the process group `pid` leads, if it is still there."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@dataclass(frozen=True)
+class Target:
+    """A running process group to stop: its leader's pid, how to tell it still runs, the
+    signal that asks it to stop."""
+
+    name: str
+    pid: int
+    alive: Callable[[], bool]
+    signal: signal.Signals = signal.SIGTERM
+
+
+def stop_all(targets: list[Target], timeout_s: float, hurry: Hurry = lambda: False) -> list[tuple[str, str]]:
+    """Signal every group (in list order), wait for them all to exit, SIGKILL the groups still
+    running after `timeout_s`, or at once when `hurry()`; how each one ended, in list order."""
+    started = time.monotonic()
+    if not hurry():
+        for target in targets:
+            signal_group(target.pid, target.signal)
+    ended: dict[str, str] = {}
+    pending = list(targets)
+    while True:
+        for target in [t for t in pending if not t.alive()]:
+            ended[target.name] = f"{target.signal.name}, {time.monotonic() - started:.1f} s"
+            pending.remove(target)
+        if not pending or hurry() or time.monotonic() - started >= timeout_s:
+            break
+        time.sleep(0.05)
+    for target in pending:
+        signal_group(target.pid, signal.SIGKILL)
+        while target.alive():
+            time.sleep(0.05)
+        ended[target.name] = f"SIGKILL after {time.monotonic() - started:.1f} s"
+    for target in targets:
+        signal_group(target.pid, signal.SIGKILL)  # anything a leader left behind in its group
+    return [(target.name, ended[target.name]) for target in targets]
+
+
 class Worker:
     """One `limaml <command>` process with its log in a file."""
 
@@ -179,11 +235,8 @@ class Worker:
 
     def metric(self, name: str) -> float:
         """The value of a Prometheus sample without labels (0 when absent)."""
-        body = self.get("/metrics") or b""
-        for line in body.decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        return 0.0
+        samples = parse_metrics((self.get("/metrics") or b"").decode()).get(name, [])
+        return next((value for labels, value in samples if not labels), 0.0)
 
     def kill(self) -> None:
         """SIGKILL: no graceful shutdown, no final commit."""
@@ -192,15 +245,19 @@ class Worker:
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
 
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
+    def target(self) -> Target | None:
+        """What `stop_all` needs, None when the process is not running."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return None
+        return Target(self.name, process.pid, lambda: process.poll() is None)
+
+    def stop(self, timeout_s: float = 60.0, hurry: Hurry = lambda: False) -> str:
+        """`stop_all` for this one process; how it ended."""
+        target = self.target()
+        if target is None:
+            return "not running"
+        return stop_all([target], timeout_s, hurry)[0][1]
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -16,7 +16,7 @@ import time
 import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
-from limaml.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames
+from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames
 
 log = logging.getLogger(__name__)
 
