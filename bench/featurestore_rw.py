@@ -19,13 +19,10 @@ import argparse
 import os
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import feast
@@ -44,9 +41,8 @@ from limaml.featurestore.embeddings import (
     MemberEmbedding,
 )
 from limaml.featurestore.config import FeatureStoreConfig
+from limaml.deploy.processes import local_redis
 from limaml.featurestore.store import open_feature_store
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def embeddings(n: int, dim: int, seq: int, rng: np.random.Generator) -> list[MemberEmbedding]:
@@ -111,22 +107,6 @@ def measure(store: FeatureStore, n: int, batch: int, dim: int, repeats: int) -> 
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
-@contextmanager
-def private_redis() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="limaml-redis-") as data_dir:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        script = str(ROOT / "deploy/redis.sh")
-        env = {**os.environ, "LIMAML_REDIS_APPENDONLY": "no"}
-        started = subprocess.run([script, "start", "--data-dir", data_dir, "--port", str(port)],
-                                 env=env, capture_output=True, text=True, check=True, timeout=60)
-        try:
-            yield started.stdout.strip().removeprefix("REDIS_URL=")
-        finally:
-            subprocess.run([script, "stop", "--data-dir", data_dir], capture_output=True, timeout=60)
-
-
 def report(name: str, figures: dict[str, float]) -> None:
     print(f"{name:6s} writes/s: writer {figures['ours_w']:8.0f}  bare push {figures['bare_w']:8.0f}  "
           f"(x{figures['bare_w'] / figures['ours_w']:.2f})   reads/s: reader {figures['ours_r']:8.0f}  "
@@ -159,7 +139,7 @@ def main() -> None:
         if args.redis_url:
             report("redis", run(args.redis_url))
         elif shutil.which("redis-server"):
-            with private_redis() as url:
+            with tempfile.TemporaryDirectory(prefix="limaml-redis-") as data_dir, local_redis(Path(data_dir)) as url:
                 report("redis", run(url))
         else:
             print("redis  skipped: redis-server is not on PATH")

@@ -21,6 +21,7 @@ The last line printed is `p99_ms=<x> rps=<y> overhead_ratio=<z>`.
 
     python bench/serve_latency.py            # about a minute on 2 CPU cores
     python bench/serve_latency.py --quick    # about 20 s
+    python bench/serve_latency.py --online-store redis   # a private redis-server (deploy/redis.sh)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import os
 import platform
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +47,7 @@ from limaml.featurestore.embeddings import EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
-from limaml.deploy.processes import Worker, free_port
+from limaml.deploy.processes import Worker, free_port, local_redis
 from limaml.serving.lookup import EMBEDDING_FEATURES
 from limaml.train import TrainConfig, meta_train
 
@@ -65,14 +67,15 @@ class Latencies:
         return float(p50), float(p99), len(self.seconds) / self.wall_s
 
 
-def build(work: Path, n_members: int) -> tuple[Path, FeatureStoreConfig, list[str], list[str]]:
+def build(work: Path, n_members: int, online_store: str) -> tuple[Path, FeatureStoreConfig, list[str], list[str]]:
     """A trained model, a store with N profiles and 90 % adapted embeddings; member and item ids."""
     train_log = load_dataset(TRAIN_LOG)
     model, metrics = meta_train(train_log, TrainConfig(epochs=1, valid_fraction=0.0), default_tunables(),
                                 progress=False)
     version = save_artifact(work / "artifacts", model, FeatureSchema.from_log(train_log), metrics, {})
     members_log = load_dataset(f"synthetic:n_members={n_members},n_items=1000,mean_events=1,seed=11")
-    feast = FeatureStoreConfig(repo_dir=work / "feast", profile_fields=",".join(sorted(train_log.member_features)))
+    feast = FeatureStoreConfig(repo_dir=work / "feast", online_store=online_store,
+                               profile_fields=",".join(sorted(train_log.member_features)))
     store = open_feature_store(feast)
     write_member_profiles(store, members_log)
     member_ids = list(members_log.members.tokens)
@@ -163,19 +166,23 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4, help="C: requests in flight")
     parser.add_argument("--duration", type=float, default=20.0, help="D: seconds measured per phase")
     parser.add_argument("--slices", type=int, default=10, help="the phases alternate this many times")
+    parser.add_argument("--online-store", choices=("sqlite", "redis"), default="sqlite",
+                        help="Feast's online store: SQLite, or a private redis-server started for the run")
     args = parser.parse_args()
     if args.quick:
         args.members, args.duration, args.slices = 2_000, 5.0, 5
 
     print(f"python {platform.python_version()}, {os.cpu_count()} CPUs; N={args.members} "
-          f"candidates={args.candidates} C={args.concurrency} D={args.duration:g} s")
-    with tempfile.TemporaryDirectory(prefix="limaml-serve-bench-") as tmp:
+          f"candidates={args.candidates} C={args.concurrency} D={args.duration:g} s; {args.online_store}")
+    with tempfile.TemporaryDirectory(prefix="limaml-serve-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
-        artifacts, feast, member_ids, items = build(work, args.members)
+        online_store = ("sqlite" if args.online_store == "sqlite"
+                        else stack.enter_context(local_redis(work / "redis")))
+        artifacts, feast, member_ids, items = build(work, args.members, online_store)
         bare = BareFeast(feast, member_ids)
         port = free_port()
         server = Worker("serve", ["serve", "--port", str(port), "--artifacts-dir", str(artifacts),
-                                  "--repo-dir", str(feast.repo_dir),
+                                  "--repo-dir", str(feast.repo_dir), "--online-store", online_store,
                                   "--bootstrap", f"127.0.0.1:{free_port()}"],  # no broker: no refreshes here
                         port, work)
         try:

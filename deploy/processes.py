@@ -126,6 +126,23 @@ def local_kafka(data_dir: Path, brokers: int = 1) -> Iterator[str]:
             raise RuntimeError(f"deploy/kafka.sh stop failed:\n{stop.stderr}")
 
 
+@contextmanager
+def local_redis(data_dir: Path) -> Iterator[str]:
+    """A private redis-server (no append-only file) started by deploy/redis.sh on a free port;
+    yields its URL."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "LIMAML_REDIS_APPENDONLY": "no"}
+    started = subprocess.run([str(REDIS_SH), "start", "--data-dir", str(data_dir), "--port", str(free_port())],
+                             env=env, capture_output=True, text=True, timeout=60)
+    if started.returncode != 0:
+        raise RuntimeError(f"deploy/redis.sh start failed:\n{started.stderr}")
+    try:
+        yield started.stdout.strip().removeprefix("REDIS_URL=")
+    finally:
+        subprocess.run([str(REDIS_SH), "stop", "--data-dir", str(data_dir)], capture_output=True, timeout=60,
+                       check=True)
+
+
 def poll(check: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = 0.2,
          describe: Callable[[], str] | None = None) -> T:
     """check() until it returns something other than None/False, or fail after timeout_s

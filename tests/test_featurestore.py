@@ -29,6 +29,7 @@ from limaml.featurestore import embeddings
 from limaml.featurestore.embeddings import EmbeddingReader, EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import read_member_profiles, write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
+from limaml.deploy.processes import local_redis
 from limaml.featurestore.store import FINGERPRINT_FILE, open_feature_store, redis_connection_string, render_feature_store_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,18 +49,8 @@ def embedding(member: str, seq: int, model_version: str = "v1", adapted_at: int 
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     require_component("redis-server", shutil.which("redis-server") is not None,
                       "run `deploy/redis.sh install` (Debian's redis-server) or `brew install redis`")
-    data_dir = tmp_path_factory.mktemp("redis")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    script = [str(ROOT / "deploy/redis.sh")]
-    env = {**os.environ, "LIMAML_REDIS_APPENDONLY": "no"}
-    started = subprocess.run([*script, "start", "--data-dir", str(data_dir), "--port", str(port)],
-                             env=env, capture_output=True, text=True, timeout=60)
-    assert started.returncode == 0, started.stderr
-    yield started.stdout.strip().removeprefix("REDIS_URL=")
-    subprocess.run([*script, "stop", "--data-dir", str(data_dir)], capture_output=True, timeout=60,
-                   check=True)
+    with local_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "redis"])
