@@ -60,7 +60,7 @@ from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.store import open_feature_store
 from limaml.deploy.processes import (Worker, free_port, local_kafka, poll, restart_stopped_kafka_nodes,
                               stop_kafka_node)
-from limaml.stream.records import MetaEmbedding
+from limaml.featurestore.embeddings import MemberEmbedding
 from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
 from limaml.train import TrainConfig, meta_train
 
@@ -174,10 +174,10 @@ class FreshnessWatcher(threading.Thread):
                         if message.error().code() != KafkaError._PARTITION_EOF:
                             raise KafkaException(message.error())
                         continue
-                    record = MetaEmbedding.loads(message.value())
+                    produced_at = MemberEmbedding.from_json(message.value()).newest_produced_at / 1000
                     written = message.timestamp()[1] / 1000
                     with self.lock:
-                        self.writes.append((written, written - record.newest_produced_at))
+                        self.writes.append((written, written - produced_at))
         finally:
             self.consumer.close()
 

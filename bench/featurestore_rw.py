@@ -49,7 +49,8 @@ def embeddings(n: int, dim: int, seq: int, rng: np.random.Generator) -> list[Mem
     now = int(time.time() * 1000)
     vectors = rng.normal(size=(n, dim)).astype(np.float32)
     return [MemberEmbedding(member_id=f"m{index}", vector=vectors[index], model_version="bench",
-                            seq=seq, support_size=32, newest_event_ts=now - 1000, adapted_at=now)
+                            seq=seq, support_size=32, newest_event_ts=now - 1000, adapted_at=now,
+                            newest_produced_at=now - 500)
             for index in range(n)]
 
 

@@ -43,7 +43,7 @@ from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
 from limaml.deploy.processes import Worker, free_port, local_kafka, poll
-from limaml.stream.records import MetaEmbedding
+from limaml.featurestore.embeddings import MemberEmbedding
 from limaml.stream.topics import KafkaConfig, TopicNames
 from limaml.train import TrainConfig, meta_train
 
@@ -89,9 +89,9 @@ class EmbeddingWatcher(threading.Thread):
                         if message.error().code() != KafkaError._PARTITION_EOF:
                             raise RuntimeError(message.error())
                         continue
-                    record = MetaEmbedding.loads(message.value())
-                    if record.newest_produced_at >= self.since:
-                        self.freshness.append(message.timestamp()[1] / 1000 - record.newest_produced_at)
+                    produced_at = MemberEmbedding.from_json(message.value()).newest_produced_at / 1000
+                    if produced_at >= self.since:
+                        self.freshness.append(message.timestamp()[1] / 1000 - produced_at)
         finally:
             self.consumer.close()
 

@@ -48,7 +48,6 @@ from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
 from limaml.deploy.processes import Worker, free_port, local_redis
-from limaml.serving.lookup import EMBEDDING_FEATURES
 from limaml.train import TrainConfig, meta_train
 
 TRAIN_LOG = "synthetic:n_members=300,n_items=1000,mean_events=10,seed=11"
@@ -86,7 +85,8 @@ def build(work: Path, n_members: int, online_store: str) -> tuple[Path, FeatureS
     writer = EmbeddingWriter(store, model.config.meta_dim)
     for start in range(0, len(adapted), 1000):
         writer.write([MemberEmbedding(member_id=m, vector=vectors[start + i], model_version=version, seq=1,
-                                      support_size=10, newest_event_ts=now, adapted_at=now)
+                                      support_size=10, newest_event_ts=now, adapted_at=now,
+                                      newest_produced_at=now)
                       for i, m in enumerate(adapted[start:start + 1000])])
     return work / "artifacts", feast, member_ids, list(train_log.items.tokens)
 
@@ -97,7 +97,7 @@ class BareFeast:
     def __init__(self, feast: FeatureStoreConfig, member_ids: list[str]) -> None:
         self.store = open_feature_store(feast)
         fields = sorted(profiles.profile_fields(self.store))
-        self.references = ([f"{embeddings.VIEW}:{name}" for name in EMBEDDING_FEATURES]
+        self.references = ([f"{embeddings.VIEW}:{name}" for name in embeddings.FEATURES]
                            + [f"{profiles.VIEW}:{name}" for name in fields])
         self.member_ids = member_ids
         self.rng = np.random.default_rng(1)

@@ -1,5 +1,8 @@
-"""Members' meta embeddings in the Feast online store: the writer the adaptation workers
-call and the reader the scoring service calls (feature view `member_meta_embedding`).
+"""A member's meta embedding, the one record of it from the adaptation workers through the
+compacted `meta-embeddings` topic (`to_json`) and the Feast online store (feature view
+`member_meta_embedding`) to the scoring service: times in epoch milliseconds throughout.
+Here also the writer the adaptation workers call and the reader for everyone else (the
+scoring service reads it with the member's profile, `limaml.serving.lookup`).
 
 Writes are monotonic per member, even with several writers at once (two workers briefly
 owning a member during a rebalance, a backfill racing live requests): an embedding never
@@ -14,11 +17,12 @@ Each row's event time is its adapted_at; the reader reads through `get_online_fe
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 from feast import FeatureStore
 from feast.online_response import OnlineResponse
@@ -30,7 +34,8 @@ logger = logging.getLogger(__name__)
 VIEW = "member_meta_embedding"
 PUSH_SOURCE = "member_meta_embedding_push"  # the view's push source (Feast's unconditional write)
 JOIN_KEY = "member_id"
-FEATURES = ("meta_embedding", "model_version", "seq", "support_size", "newest_event_ts", "adapted_at")
+FEATURES = ("meta_embedding", "model_version", "seq", "support_size", "newest_event_ts", "adapted_at",
+            "newest_produced_at")
 ORDER_FEATURES = ("model_version", "seq")  # what decides whether an embedding replaces another
 
 
@@ -43,6 +48,31 @@ class MemberEmbedding:
     support_size: int  # support examples the embedding was adapted on
     newest_event_ts: int  # newest support example, epoch ms
     adapted_at: int  # when the embedding was computed, epoch ms
+    newest_produced_at: int  # Kafka timestamp of the newest support example, epoch ms
+
+    def to_json(self) -> bytes:
+        """The record of the `meta-embeddings` topic."""
+        return orjson.dumps({"member_id": self.member_id, "model_version": self.model_version,
+                             "seq": self.seq, "vector": self.vector.tolist(), "support_size": self.support_size,
+                             "newest_event_ts": self.newest_event_ts, "adapted_at": self.adapted_at,
+                             "newest_produced_at": self.newest_produced_at})
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> MemberEmbedding:
+        fields = orjson.loads(raw)
+        return cls(**{**fields, "vector": np.asarray(fields["vector"], dtype=np.float32)})
+
+    @classmethod
+    def from_row(cls, member_id: str, row: Mapping[str, Any]) -> MemberEmbedding | None:
+        """From the view's features (`FEATURES`, by name) read from the online store; None when
+        the member has none."""
+        if row["model_version"] is None:
+            return None
+        return cls(member_id=member_id, vector=np.asarray(row["meta_embedding"], dtype=np.float32),
+                   model_version=row["model_version"], seq=int(row["seq"]),
+                   support_size=int(row["support_size"]), newest_event_ts=int(row["newest_event_ts"]),
+                   adapted_at=int(row["adapted_at"]),
+                   newest_produced_at=int(row["newest_produced_at"] or 0))  # 0: stored before it was kept
 
 
 def replaces(new: MemberEmbedding, model_version: str, seq: int, active_version: str | None) -> bool:
@@ -126,21 +156,8 @@ class EmbeddingReader:
         if not unique:
             return {}
         columns = _online(self.store, FEATURES, unique).to_dict()
-        result: dict[str, MemberEmbedding | None] = {}
-        for row, member_id in enumerate(unique):
-            if columns["model_version"][row] is None:
-                result[member_id] = None
-                continue
-            result[member_id] = MemberEmbedding(
-                member_id=member_id,
-                vector=np.asarray(columns["meta_embedding"][row], dtype=np.float32),
-                model_version=columns["model_version"][row],
-                seq=int(columns["seq"][row]),
-                support_size=int(columns["support_size"][row]),
-                newest_event_ts=int(columns["newest_event_ts"][row]),
-                adapted_at=int(columns["adapted_at"][row]),
-            )
-        return result
+        return {member_id: MemberEmbedding.from_row(member_id, {name: columns[name][row] for name in FEATURES})
+                for row, member_id in enumerate(unique)}
 
 
 def _online(store: FeatureStore, features: Sequence[str], member_ids: list[str]) -> OnlineResponse:
@@ -159,5 +176,6 @@ def _frame(embeddings: list[MemberEmbedding]) -> pd.DataFrame:
         "support_size": np.array([e.support_size for e in embeddings], dtype=np.int64),
         "newest_event_ts": np.array([e.newest_event_ts for e in embeddings], dtype=np.int64),
         "adapted_at": np.array([e.adapted_at for e in embeddings], dtype=np.int64),
+        "newest_produced_at": np.array([e.newest_produced_at for e in embeddings], dtype=np.int64),
         "event_timestamp": pd.to_datetime([e.adapted_at for e in embeddings], unit="ms", utc=True),
     })

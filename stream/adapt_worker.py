@@ -43,8 +43,7 @@ from limaml.featurestore.profiles import read_member_profiles
 from limaml.stream.config import AdaptConfig
 from limaml.stream.faust_client import create_faust_app
 from limaml.stream.metrics import AdaptMetrics
-from limaml.stream.records import (ERASE, AdaptAnswer, AdaptRequest, ErasureAnswer, MetaEmbedding,
-                                   RefreshRequest)
+from limaml.stream.records import ERASE, AdaptAnswer, AdaptRequest, ErasureAnswer, RefreshRequest
 from limaml.stream.web_auth import web_application_options
 from limaml.stream.topics import KafkaConfig, TopicNames
 
@@ -109,8 +108,8 @@ class BatchAdapter:
         embeddings = [
             MemberEmbedding(member_id=r.member_id, vector=vector, model_version=served.version,
                             seq=r.seq, support_size=len(r.item_ids),
-                            newest_event_ts=r.newest_event_ts,
-                            adapted_at=adapted_at)
+                            newest_event_ts=r.newest_event_ts, adapted_at=adapted_at,
+                            newest_produced_at=int(r.newest_produced_at * 1000))
             for r, vector in zip(requests, vectors)
         ]
         written = writer.write(embeddings)
@@ -133,14 +132,12 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
     )
     requests_topic = app.topic(names.adapt_requests, key_type=str, value_type=AdaptRequest,
                                key_serializer="raw")
-    embeddings_topic = app.topic(names.meta_embeddings, key_type=str, value_type=MetaEmbedding,
-                                 key_serializer="raw")
+    embeddings_topic = app.topic(names.meta_embeddings, key_type=str, value_type=bytes,  # MemberEmbedding.to_json()
+                                 key_serializer="raw", value_serializer="raw")  # None: a tombstone
     answers_topic = app.topic(names.adapt_answers, key_type=str, value_type=AdaptAnswer,
                               key_serializer="raw")
     refresh_topic = app.topic(names.refresh_requests, key_type=str, value_type=RefreshRequest,
                               key_serializer="raw")
-    tombstones_topic = app.topic(names.meta_embeddings, key_type=str, value_type=bytes,
-                                 key_serializer="raw", value_serializer="raw")  # value None
     erasure_answers = app.topic(names.erasure_answers, key_type=str, value_type=ErasureAnswer,
                                 key_serializer="raw")
     torch.set_num_threads(config.torch_threads)
@@ -169,15 +166,9 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
             metrics.trigger_delay.observe(request.requested_at - request.newest_produced_at)
         written, superseded = await asyncio.get_running_loop().run_in_executor(executor, adapter, requests)
         done = time.time()
-        newest_produced = {r.member_id: r.newest_produced_at for r in requests}
         for embedding in written:  # the compacted topic must not step back either
-            await embeddings_topic.send(key=embedding.member_id, value=MetaEmbedding(
-                member_id=embedding.member_id, model_version=embedding.model_version,
-                seq=embedding.seq, vector=[float(x) for x in embedding.vector],
-                support_size=embedding.support_size, newest_event_ts=embedding.newest_event_ts,
-                newest_produced_at=newest_produced[embedding.member_id],
-                adapted_at=embedding.adapted_at / 1000.0))
-            metrics.freshness.observe(done - newest_produced[embedding.member_id])
+            await embeddings_topic.send(key=embedding.member_id, value=embedding.to_json())
+            metrics.freshness.observe(done - embedding.newest_produced_at / 1000)
         written_members = {e.member_id for e in written}
         for request in requests:
             await answers_topic.send(key=request.member_id, value=AdaptAnswer(
@@ -191,7 +182,7 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
         for the broker to take it."""
         members = list(dict.fromkeys(request.member_id for request in erasures))
         await asyncio.get_running_loop().run_in_executor(executor, adapter.erase, members)
-        sent = [await tombstones_topic.send(key=member_id, value=None) for member_id in members]
+        sent = [await embeddings_topic.send(key=member_id, value=None) for member_id in members]
         await asyncio.gather(*sent)
         metrics.erasures.inc(len(members))
 

@@ -94,19 +94,6 @@ class SentRequest(faust.Record, serializer="json", include_metadata=False):
     sent_at: float
 
 
-class MetaEmbedding(faust.Record, serializer="json", include_metadata=False):
-    """Topic `limaml.meta-embeddings` (compacted): a member's newest embedding."""
-
-    member_id: str
-    model_version: str
-    seq: int
-    vector: List[float]
-    support_size: int
-    newest_event_ts: int  # event time of the newest support example, epoch ms
-    newest_produced_at: float  # Kafka timestamp of that event (s)
-    adapted_at: float  # when the embedding was computed (s)
-
-
 class RefreshRequest(faust.Record, serializer="json", include_metadata=False):
     """Topic `limaml.refresh-requests`: re-adapt a member, or every member of the partition
     it is sent to, from the stored support set (see `limaml.stream.refresh`)."""

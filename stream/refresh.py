@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 import time
 
-import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
+from limaml.stream.records import RefreshRequest
 from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,8 @@ class RefreshRequester:
 
     def request(self, member_id: str, reason: str, model_version: str) -> None:
         """Queue a re-adaptation request for `member_id`; never blocks."""
-        value = orjson.dumps({"member_id": member_id, "reason": reason,
-                              "model_version": model_version, "requested_at": time.time(),
-                              "backfill": False})
+        value = RefreshRequest(member_id=member_id, reason=reason, model_version=model_version,
+                               requested_at=time.time()).dumps()
         try:
             self.producer.produce(self.topic, key=member_id.encode(), value=value,
                                   on_delivery=self._delivered)

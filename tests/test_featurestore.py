@@ -42,7 +42,8 @@ def embedding(member: str, seq: int, model_version: str = "v1", adapted_at: int 
               dim: int = DIM) -> MemberEmbedding:
     vector = np.random.default_rng(seq).normal(size=dim).astype(np.float32)
     return MemberEmbedding(member_id=member, vector=vector, model_version=model_version, seq=seq,
-                           support_size=seq + 1, newest_event_ts=adapted_at - 500, adapted_at=adapted_at)
+                           support_size=seq + 1, newest_event_ts=adapted_at - 500, adapted_at=adapted_at,
+                           newest_produced_at=adapted_at - 200)
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +98,15 @@ def test_round_trip_and_cold_members(store: FeatureStore) -> None:
         assert got is not None
         np.testing.assert_allclose(got.vector, expected.vector)
         assert got.vector.dtype == np.float32
-        assert (got.model_version, got.seq, got.support_size, got.newest_event_ts, got.adapted_at) == \
-            (expected.model_version, expected.seq, expected.support_size, expected.newest_event_ts,
-             expected.adapted_at)
+        assert (got.model_version, got.seq, got.support_size, got.newest_event_ts, got.adapted_at,
+                got.newest_produced_at) == (expected.model_version, expected.seq, expected.support_size,
+                                            expected.newest_event_ts, expected.adapted_at,
+                                            expected.newest_produced_at)
+        # The same record on the meta-embeddings topic.
+        decoded = MemberEmbedding.from_json(expected.to_json())
+        np.testing.assert_array_equal(decoded.vector, expected.vector)
+        assert decoded.vector.dtype == np.float32
+        assert replace(decoded, vector=expected.vector) == expected
 
 
 def test_an_older_or_equal_seq_never_replaces_a_newer_one(store: FeatureStore) -> None:

@@ -76,7 +76,8 @@ def stored(tmp_path_factory: pytest.TempPathFactory, dataset: InteractionLog,
     written = {
         kind: MemberEmbedding(member_id=named[kind], model_version=version, seq=seq, support_size=seq,
                               vector=rng.normal(scale=2.0, size=artifact.model.config.meta_dim).astype(np.float32),
-                              newest_event_ts=adapted_at - 100, adapted_at=adapted_at)
+                              newest_event_ts=adapted_at - 100, adapted_at=adapted_at,
+                              newest_produced_at=adapted_at - 50)
         for kind, version, seq in (("adapted", artifact.version, 11), ("old_version", "an-old-version", 7))
     }
     assert len(EmbeddingWriter(store, artifact.model.config.meta_dim).write(list(written.values()))) == 2

@@ -50,6 +50,9 @@ member_meta_embedding = FeatureView(
         Field(name="support_size", dtype=Int64, description="support examples it was adapted on"),
         Field(name="newest_event_ts", dtype=Int64, description="newest support example, epoch ms"),
         Field(name="adapted_at", dtype=Int64, description="when it was adapted, epoch ms"),
+        Field(name="newest_produced_at", dtype=Int64,
+              description="Kafka timestamp of the newest support example, epoch ms: adapted_at minus it is the "
+                          "embedding's freshness"),
     ],
     source=member_meta_embedding_push,
     online=True,
