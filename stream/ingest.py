@@ -8,9 +8,10 @@ says a member is due. The adaptation workers' answers settle the outstanding req
 Events are taken in batches (what the polls delivered, up to `batch_max_events`, waiting
 at most `batch_wait_s`): each member's events in a batch are folded into one
 read-update-write of its support set, so one table write and one changelog record per
-member per batch. Faust acks a batch's events once the batch is processed, so no offset
-is committed before the batch's table writes, its dead letters' acknowledgements and its
-producer buffer are through.
+member per batch. Faust acks a batch's events once the batch is processed (its table
+writes made, its dead letters acknowledged by the broker), and commits only acked offsets,
+after a pre-commit flush that drains the producer buffer where the changelog records and
+the requests wait: no offset is committed ahead of what its event wrote.
 
 Tables are only changed by agents, which own the partition a member lives in. A timer
 finds the members whose check time has come (a new signal waiting too long, or a request
@@ -62,6 +63,10 @@ from limaml.topics import KafkaConfig, member_partition
 log = logging.getLogger(__name__)
 
 BACKFILL_CHUNK = 500  # members re-requested (or indexed) between two yields to the event loop
+PRODUCER_BUFFER_BATCHES = 4
+"""The producer buffer holds this many times `batch_max_events` records before Faust holds
+incoming messages back until it ebbs (a batch puts at most two per event in it: a changelog
+record and an adapt request)."""
 
 
 @contextmanager
@@ -140,8 +145,11 @@ class StreamWorker:
 
     async def drain_producer(self) -> None:
         """Wait until the producer buffer (table changelogs, requests, notes) is handed to the
-        Kafka client: what a batch produced goes out before its events are acked."""
-        await self.app.producer.buffer.flush()  # drains it (`drain_changelog_writes_before_commits`)
+        Kafka client (a backfill's backpressure). An event batch does not wait for it: no
+        offset is committed before the buffer is drained (`drain_changelog_writes_before_commits`),
+        and waiting after every batch made events wait longer to be applied (ingest lag
+        0.16 s against 0.07 s at 1,000 events/s, one run each)."""
+        await self.app.producer.buffer.flush()
 
     # -- agent bodies ------------------------------------------------------------------------
 
@@ -172,7 +180,6 @@ class StreamWorker:
         if rejected:
             await asyncio.gather(*(send_dead_letter(self.topics.dead_letters, letter, self.metrics)
                                    for letter in rejected))
-        await self.drain_producer()
 
     def apply(self, member_id: str, examples: list[tuple[Example, int]], now: float) -> None:
         """Fold one member's events of a batch into its support set (under an event of the
@@ -289,6 +296,10 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
         web_application_options=web_application_options(config.web_token()),
     )
     drain_changelog_writes_before_commits(app)
+    # A batch puts up to one changelog record and one request per member in the producer
+    # buffer at once; Faust's conductor makes every incoming message wait while the buffer
+    # holds more than `max_messages` (100), logging a warning each time.
+    app.producer.buffer.max_messages = PRODUCER_BUFFER_BATCHES * config.batch_max_events
     topics = declare_topics(app, kafka)
     tables = declare_tables(app, kafka, config.rocksdb_cache_mb)
     worker = StreamWorker(app, topics, tables, kafka, config, metrics)
