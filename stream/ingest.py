@@ -155,8 +155,9 @@ class StreamWorker:
 
     async def ingest(self, events: Sequence[EventT]) -> None:
         """One batch of interaction events: each member's events folded into one
-        read-update-write of its support set, the requests that makes due sent together, the
-        rejected events' dead letters sent and acknowledged."""
+        read-update-write of its support set (the adapt requests this makes due go into the
+        producer buffer together), then the rejected events' dead letters sent, and
+        acknowledged by the broker before this returns (Faust acks the batch after that)."""
         now = time.time()
         partitions: dict[int, tuple[EventT, dict[str, list[tuple[Example, int]]]]] = {}
         rejected: list[DeadLetter] = []
