@@ -16,6 +16,7 @@ worker (`limaml stream`, `limaml adapt`) with the SQLite Feast store. Three phas
 The last line is `freshness_p99_s=<x> events_per_s=<y> ratio_vs_raw=<z>`.
 
     python bench/freshness.py --quick       # about two minutes
+    python bench/freshness.py --rate 5000 --members 5000 --max-staleness-s 0.5
     python bench/freshness.py --rate 1000 --duration 120 --movielens ../shared/datasets/ml-100k
 """
 
@@ -106,8 +107,10 @@ def train_model(log: InteractionLog, root: Path) -> None:
 class Stack:
     """One prefix's topics, Feast store, model and workers."""
 
-    def __init__(self, bootstrap: str, dataset: str, work: Path, exits: ExitStack) -> None:
+    def __init__(self, bootstrap: str, dataset: str, work: Path, exits: ExitStack,
+                 max_staleness_s: float = 0.5) -> None:
         self.dataset = dataset
+        self.max_staleness_s = max_staleness_s
         self.log = load_dataset(dataset)
         self.kafka = KafkaConfig(bootstrap=bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:8]}",
                                  partitions=PARTITIONS)
@@ -125,7 +128,7 @@ class Stack:
     def start(self, kind: str) -> Worker:
         port = free_port()
         extra = (["--artifacts-dir", str(self.work / "artifacts"), "--repo-dir", str(self.work / "feast")]
-                 if kind == "adapt" else ["--max-staleness-s", "0.5", "--check-interval-s", "0.1"])
+                 if kind == "adapt" else ["--max-staleness-s", str(self.max_staleness_s), "--check-interval-s", "0.1"])
         worker = Worker(kind, [kind, *self.kafka_args(), "--data-dir", str(self.work / kind),
                                "--web-port", str(port), *extra], port, self.work)
         self.work.mkdir(parents=True, exist_ok=True)
@@ -211,12 +214,16 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="sustained events/s of phase 3")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of phase 3")
     parser.add_argument("--backlog", type=int, default=100_000, help="events of phases 1 and 2")
+    parser.add_argument("--members", type=int,
+                        help="members of the synthetic log (default: backlog / 50, at least 1,000)")
+    parser.add_argument("--max-staleness-s", type=float, default=0.5,
+                        help="the stream worker's --max-staleness-s")
     parser.add_argument("--movielens", type=Path, help="ml-100k directory for a time-compressed replay")
     parser.add_argument("--speedup", type=float, default=200_000.0, help="MovieLens time compression")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.backlog = 20.0, 20_000
-    members = max(1000, args.backlog // 50)
+    members = args.members or max(1000, args.backlog // 50)
     synthetic = f"synthetic:n_members={members},n_items=1000,seed=11"
 
     with ExitStack() as exits:
@@ -224,7 +231,8 @@ def main() -> None:
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP") or exits.enter_context(local_kafka(work / "kafka"))
         print(f"broker {bootstrap}, {PARTITIONS} partitions, {os.cpu_count()} cores")
 
-        backlog = Stack(bootstrap, synthetic, work, exits)
+        print(f"synthetic log of {members:,} members; stream worker --max-staleness-s {args.max_staleness_s:g}")
+        backlog = Stack(bootstrap, synthetic, work, exits, args.max_staleness_s)
         backlog.replay(limit=args.backlog)
         raw_s = consume_all(bootstrap, TopicNames(backlog.kafka.topic_prefix).interactions, args.backlog)
         raw_rate = args.backlog / raw_s
@@ -238,11 +246,11 @@ def main() -> None:
         print(f"raw consumer: {raw_rate:,.0f} events/s; stream worker: {stream_rate:,.0f} events/s "
               f"(x{stream_rate / raw_rate:.3f} of raw), backlog {args.backlog}")
 
-        sustained = freshness_phase(Stack(bootstrap, synthetic, work, exits),
+        sustained = freshness_phase(Stack(bootstrap, synthetic, work, exits, args.max_staleness_s),
                                     f"synthetic at {args.rate:g} events/s", rate=args.rate,
                                     limit=WARMUP_EVENTS + int(args.rate * args.duration))
         if args.movielens:
-            movielens = Stack(bootstrap, f"movielens:{args.movielens}", work, exits)
+            movielens = Stack(bootstrap, f"movielens:{args.movielens}", work, exits, args.max_staleness_s)
             freshness_phase(movielens, f"MovieLens 100K at {args.speedup:g}x", speedup=args.speedup,
                             limit=20_000 if args.quick else movielens.log.n_events)
     print(f"freshness_p99_s={sustained['p99']:.3f} events_per_s={stream_rate:.0f} "

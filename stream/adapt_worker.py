@@ -44,8 +44,9 @@ from limaml.stream.config import AdaptConfig
 from limaml.stream.faust_client import create_faust_app
 from limaml.stream.metrics import AdaptMetrics
 from limaml.stream.records import ERASE, AdaptAnswer, AdaptRequest, ErasureAnswer, RefreshRequest
+from limaml.stream.topology import declare_topics
 from limaml.stream.web_auth import web_application_options
-from limaml.stream.topics import KafkaConfig, TopicNames
+from limaml.stream.topics import KafkaConfig
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,6 @@ class BatchAdapter:
 
 def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStoreConfig,
                      worker_id: str = "0") -> faust.App:
-    names = TopicNames(kafka.topic_prefix)
     metrics = AdaptMetrics()
     (config.data_dir / worker_id).mkdir(parents=True, exist_ok=True)
     app = create_faust_app(
@@ -130,16 +130,9 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
         web_host=config.web_bind,
         web_application_options=web_application_options(config.web_token()),
     )
-    requests_topic = app.topic(names.adapt_requests, key_type=str, value_type=AdaptRequest,
-                               key_serializer="raw")
-    embeddings_topic = app.topic(names.meta_embeddings, key_type=str, value_type=bytes,  # MemberEmbedding.to_json()
-                                 key_serializer="raw", value_serializer="raw")  # None: a tombstone
-    answers_topic = app.topic(names.adapt_answers, key_type=str, value_type=AdaptAnswer,
-                              key_serializer="raw")
-    refresh_topic = app.topic(names.refresh_requests, key_type=str, value_type=RefreshRequest,
-                              key_serializer="raw")
-    erasure_answers = app.topic(names.erasure_answers, key_type=str, value_type=ErasureAnswer,
-                                key_serializer="raw")
+    topics = declare_topics(app, kafka)
+    requests_topic, embeddings_topic, answers_topic = topics.adapt_requests, topics.meta_embeddings, topics.adapt_answers
+    refresh_topic, erasure_answers = topics.refresh_requests, topics.erasure_answers
     torch.set_num_threads(config.torch_threads)
     model = ActiveModel(config.artifacts_dir, config.device, config.compile)
     adapter = BatchAdapter(model, feast)

@@ -15,6 +15,8 @@ class StreamConfig:
     max_staleness_s: float = 10.0  # S: the longest a new event waits for an adaptation
     request_timeout_s: float = 60.0  # an unanswered adapt request is re-sent after this
     check_interval_s: float = 1.0  # how often the timer looks for stale members
+    batch_max_events: int = 1000  # most interaction events applied in one batch (one table write per member per batch)
+    batch_wait_s: float = 0.05  # longest wait to fill a batch of interaction events
     data_dir: Path = Path(".cache/stream")  # RocksDB tables and worker state
     worker_id: str = "0"  # names this worker's state directory, under data_dir (one per worker)
     web_port: int = 6066  # HTTP port of /metrics and /members/<id>/

@@ -5,6 +5,17 @@ their source offset), appends each member's events to its rolling support set in
 RocksDB table with a changelog topic, and sends adapt requests when the trigger policy
 says a member is due. The adaptation workers' answers settle the outstanding request.
 
+Events are taken in batches (what the polls delivered, up to `batch_max_events`, waiting
+at most `batch_wait_s`): each member's events in a batch are folded into one
+read-update-write of its support set, so one table write and one changelog record per
+member per batch. Faust acks a batch's events once the batch is processed (its table
+writes made, its dead letters acknowledged by the broker), and commits only acked offsets,
+after a pre-commit flush that drains the producer buffer where the changelog records and
+the requests wait: no offset is committed ahead of what its event wrote. Where a worker
+resumes a partition after a rebalance or a restart comes from the table itself, not from
+the commit: a batch ends by writing, after its rows, the partition's resume offset
+(`limaml.stream.source_offsets`).
+
 Tables are only changed by agents, which own the partition a member lives in. A timer
 finds the members whose check time has come (a new signal waiting too long, or a request
 unanswered too long) and sends their adapt requests at once; it may read the tables but
@@ -14,6 +25,12 @@ backfills (a new model version became active) re-adapt members from their stored
 support sets. An erasure request (`limaml forget`) deletes the member's support set (a
 tombstone in the table's changelog) and is forwarded to the adaptation workers on
 adapt-requests, after any adapt request already sent for the member; they delete the rest.
+
+Every read-update-write of a support set is synchronous (no `await` between the read and
+the write), and every record that follows from it (adapt requests, the timer's notes,
+forwarded erasures) is put in Faust's producer buffer (`send_soon`), which sends in order:
+an answer, a note or an erasure of the same member cannot interleave with the step, and an
+erasure is forwarded after every adapt request the worker produced for the member before.
 """
 
 from __future__ import annotations
@@ -21,12 +38,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Set
+import weakref
+from collections.abc import Iterator, Sequence, Set
+from contextlib import contextmanager
 from typing import Any
 
 import faust
 from aiohttp.web import Response
-from faust.types import TP
+from faust.streams import _current_event
+from faust.types import TP, EventT
 from faust.web import Request, View
 
 from limaml.adapters.events import DeadLetter, InvalidEvent, decode_event
@@ -35,30 +55,266 @@ from limaml.stream.dead_letters import send_dead_letter
 from limaml.stream.faust_client import (create_faust_app, drain_changelog_writes_before_commits,
                                        resume_from_table_offsets)
 from limaml.stream.metrics import StreamMetrics
-from limaml.stream.policy import (Example, TriggerPolicy, apply_event, due_reason,
+from limaml.stream.policy import (Example, TriggerPolicy, apply_events, due_reason,
                                   empty_support_set, mark_answered, mark_requested, mark_sent,
                                   next_check)
 from limaml.stream.records import (AdaptAnswer, AdaptRequest, ErasureRequest, RefreshRequest,
                                    SentRequest, SupportSet, erasure_of)
 from limaml.stream.source_offsets import decode_offset, encode_offset, is_member_key, offset_key
+from limaml.stream.topology import Tables, Topics, declare_tables, declare_topics
 from limaml.stream.web_auth import web_application_options
-from limaml.stream.topics import KafkaConfig, TopicNames, member_partition
+from limaml.stream.topics import KafkaConfig, member_partition
 
 log = logging.getLogger(__name__)
 
 BACKFILL_CHUNK = 500  # members re-requested (or indexed) between two yields to the event loop
-MB = 1024 * 1024
+PRODUCER_BUFFER_BATCHES = 4
+"""The producer buffer holds this many times `batch_max_events` records before Faust holds
+incoming messages back until it ebbs (a batch puts at most two per event in it: a changelog
+record and an adapt request)."""
 
 
-def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str = "0") -> faust.App:
-    names = TopicNames(kafka.topic_prefix)
-    policy = TriggerPolicy(config.support_size, config.min_new_signals, config.max_staleness_s,
-                           config.request_timeout_s)
+@contextmanager
+def acting_for(event: EventT) -> Iterator[None]:
+    """Make `event` Faust's current event: a table read, write or delete then uses the RocksDB
+    database and the changelog partition of `event.message.partition` (Faust's RocksDB store
+    and `Table.partition_for_key` read the task's `current_event()`). Inside a batch the
+    current event is not the one of the member being written, and a batch mixes partitions."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def example_of(event: EventT, max_event_bytes: int) -> tuple[str, Example]:
+    """The member and the example of a valid interaction event; raises `InvalidEvent`."""
+    message = event.message
+    interaction = decode_event(message.value, message.key, max_event_bytes)
+    context = {k: float(v) for k, v in interaction.context.items() if not isinstance(v, str)}
+    return interaction.member_id, Example(item_id=interaction.item_id, label=interaction.label,
+                                          event_ts=interaction.ts, context=context,
+                                          produced_at=message.timestamp)
+
+
+class StreamWorker:
+    """The state and the agent bodies of one stream worker (the app's agents call these)."""
+
+    def __init__(self, app: faust.App, topics: Topics, tables: Tables, kafka: KafkaConfig,
+                 config: StreamConfig, metrics: StreamMetrics) -> None:
+        self.app, self.topics, self.kafka, self.config, self.metrics = app, topics, kafka, config, metrics
+        self.support_sets, self.backfilled = tables.support_sets, tables.backfilled
+        self.policy = TriggerPolicy(config.support_size, config.min_new_signals, config.max_staleness_s,
+                                    config.request_timeout_s)
+        self.check_times: dict[str, float] = {}
+        """member_id -> when the member may come due without a new event (see `next_check`), for
+        the members of this worker's partitions: kept by `store()`, rebuilt from the support
+        sets after every rebalance. Not a table of its own: its changelog writes cost the
+        stream worker more than the rebuild, and scanning a table at every tick took 15 % of
+        it at 1,000 events/s."""
+        self.timer_sent: dict[str, tuple[float, float]] = {}
+        """member_id -> (check time, when) of the timer's latest request: none is sent again
+        while the member's check time is the one it was sent for (recording the request, or
+        its answer, moves it). A cache only: losing it (a restart) costs at most one
+        duplicate request."""
+
+    # -- the support-sets table -------------------------------------------------------------
+
+    def read(self, member_id: str) -> SupportSet | None:
+        raw = self.support_sets.get(member_id)
+        return None if raw is None else SupportSet.loads(raw)
+
+    def store(self, member_id: str, state: SupportSet) -> None:
+        """Write the new state, and index its check time."""
+        self.support_sets[member_id] = state.dumps()
+        check_at = next_check(state, self.policy)
+        if check_at is None:
+            self.check_times.pop(member_id, None)
+        else:
+            self.check_times[member_id] = check_at
+
+    def request(self, member_id: str, state: SupportSet, reason: str, now: float) -> None:
+        """Put an adapt request for `state` in the producer buffer."""
+        self.topics.adapt_requests.send_soon(key=member_id, value=AdaptRequest(
+            member_id=member_id, seq=state.seq, item_ids=state.item_ids, labels=state.labels,
+            contexts=state.contexts, newest_event_ts=state.newest_event_ts,
+            newest_produced_at=state.newest_produced_at, reason=reason, requested_at=now))
+        self.metrics.requests.labels(reason).inc()
+
+    def request_if_due(self, member_id: str, state: SupportSet, now: float) -> SupportSet:
+        reason = due_reason(state, now, self.policy)
+        if reason is None:
+            return state
+        self.request(member_id, state, reason, now)
+        return mark_requested(state, now)
+
+    async def drain_producer(self) -> None:
+        """Wait until the producer buffer (table changelogs, requests, notes) is handed to the
+        Kafka client (a backfill's backpressure). An event batch does not wait for it: no
+        offset is committed before the buffer is drained (`drain_changelog_writes_before_commits`),
+        and waiting after every batch made events wait longer to be applied (ingest lag
+        0.16 s against 0.07 s at 1,000 events/s, one run each)."""
+        await self.app.producer.buffer.flush()
+
+    # -- agent bodies ------------------------------------------------------------------------
+
+    async def ingest(self, events: Sequence[EventT]) -> None:
+        """One batch of interaction events: each member's events folded into one
+        read-update-write of its support set (the adapt requests this makes due go into the
+        producer buffer together), then the rejected events' dead letters sent, and
+        acknowledged by the broker before this returns (Faust acks the batch after that)."""
+        now = time.time()
+        partitions: dict[int, tuple[EventT, dict[str, list[tuple[Example, int]]]]] = {}
+        rejected: list[DeadLetter] = []
+        last_events: dict[int, EventT] = {}  # partition -> its last event in the batch
+        for event in events:
+            message = event.message
+            last_events[message.partition] = event
+            try:
+                member_id, example = example_of(event, self.config.max_event_bytes)
+            except InvalidEvent as error:
+                rejected.append(DeadLetter.of(message.value, message.key, error.reason, message.topic,
+                                              message.partition, message.offset,
+                                              failed_at_ms=int(time.time() * 1000)))
+                continue
+            members = partitions.get(message.partition)
+            if members is None:
+                members = partitions[message.partition] = (event, {})
+            members[1].setdefault(member_id, []).append((example, message.offset))
+        for partition_event, members in partitions.values():
+            with acting_for(partition_event):
+                for member_id, examples in members.items():
+                    self.apply(member_id, examples, now)
+        if rejected:
+            await asyncio.gather(*(send_dead_letter(self.topics.dead_letters, letter, self.metrics)
+                                   for letter in rejected))
+        for partition, event in last_events.items():  # after the rows and dead letters they cover
+            with acting_for(event):
+                self.support_sets[offset_key(partition)] = encode_offset(event.message.offset + 1)
+
+    def resume_offsets(self, assigned: Set[TP]) -> dict[TP, int]:
+        """Where reading each assigned source partition resumes: after the last event the
+        restored table holds (`limaml.stream.source_offsets`)."""
+        offsets = {}
+        for tp in assigned:
+            raw = self.support_sets.get(offset_key(tp.partition)) if tp.topic == self.topics.interactions.get_topic_name() else None
+            if raw is not None:
+                offsets[tp] = decode_offset(raw)
+        return offsets
+
+    def apply(self, member_id: str, examples: list[tuple[Example, int]], now: float) -> None:
+        """Fold one member's events of a batch into its support set (under an event of the
+        member's partition)."""
+        state, applied = apply_events(self.read(member_id) or empty_support_set(), examples, now,
+                                      self.config.support_size)
+        if len(applied) < len(examples):
+            self.metrics.duplicates.inc(len(examples) - len(applied))
+        if not applied:
+            return
+        self.metrics.events.inc(len(applied))
+        observe = self.metrics.ingest_lag.observe
+        for example in applied:
+            observe(now - example.produced_at)
+        self.store(member_id, self.request_if_due(member_id, state, now))
+
+    def answered(self, answer: AdaptAnswer) -> None:
+        state = self.read(answer.member_id)
+        updated = mark_answered(state, answer.seq) if state is not None else None
+        if updated is not None:
+            self.store(answer.member_id, self.request_if_due(answer.member_id, updated, time.time()))
+
+    def record_sent(self, note: SentRequest) -> None:
+        state = self.read(note.member_id)
+        updated = mark_sent(state, note.seq, note.sent_at) if state is not None else None
+        if updated is not None:
+            self.store(note.member_id, updated)
+
+    async def refresh(self, event: EventT) -> None:
+        request: RefreshRequest = event.value
+        if request.backfill:
+            await self.backfill(event.message.partition, request.model_version)
+        else:
+            self.readapt(request.member_id, request.reason)
+
+    def readapt(self, member_id: str, reason: str) -> None:
+        """Re-adapt a member from its stored support set, unless it has none or a request is
+        outstanding (and not timed out)."""
+        state, now = self.read(member_id), time.time()
+        if state is None or (state.requested_seq >= 0 and due_reason(state, now, self.policy) != "timeout"):
+            return
+        self.request(member_id, state, reason, now)
+        self.store(member_id, mark_requested(state, now))
+
+    async def backfill(self, partition: int, model_version: str) -> None:
+        """Re-adapt every member of `partition` (once per model version)."""
+        if self.backfilled.get(str(partition)) == model_version:
+            return
+        members = [m for m in self.support_sets.keys()
+                   if is_member_key(m) and member_partition(m, self.kafka.partitions) == partition]
+        log.info("backfill for model %s: %d members of partition %d", model_version, len(members),
+                 partition)
+        for start in range(0, len(members), BACKFILL_CHUNK):
+            for member_id in members[start:start + BACKFILL_CHUNK]:
+                self.readapt(member_id, "backfill")
+            await self.drain_producer()  # and let ingestion go on between chunks
+        self.backfilled[str(partition)] = model_version
+
+    def erase(self, request: ErasureRequest) -> None:
+        """Delete the member's support set (Faust writes a tombstone to the changelog) and its
+        timer state, and forward the erasure: a later event starts the member afresh."""
+        member_id = request.member_id
+        if member_id in self.support_sets:
+            del self.support_sets[member_id]
+        self.check_times.pop(member_id, None)
+        self.timer_sent.pop(member_id, None)
+        self.topics.adapt_requests.send_soon(key=member_id, value=erasure_of(
+            member_id, request.request_id, request.requested_at))
+        self.metrics.erasures.inc()
+
+    async def on_recover(self) -> None:
+        """After each rebalance, once the tables are restored and before the agents resume:
+        seek the source partitions to their resume offsets, and index the check times of the
+        members this worker owns now."""
+        await self.app.consumer.seek_to_resume_offsets()
+        self.check_times.clear()
+        for count, (member_id, raw) in enumerate(self.support_sets.items(), start=1):
+            if not is_member_key(member_id):
+                continue
+            check_at = next_check(SupportSet.loads(raw), self.policy)
+            if check_at is not None:
+                self.check_times[member_id] = check_at
+            if count % BACKFILL_CHUNK == 0:
+                await asyncio.sleep(0)  # let the timer and the web views run
+
+    def find_due_members(self) -> None:
+        """The timer: send the requests of the members whose check time has come, and a note
+        of each to the member's owner."""
+        now = time.time()
+        due = {member_id: check_at for member_id, check_at in self.check_times.items() if check_at <= now}
+        for member_id in set(self.timer_sent) - set(due):
+            del self.timer_sent[member_id]
+        for member_id, check_at in due.items():
+            sent = self.timer_sent.get(member_id)
+            if sent is not None and sent[0] == check_at and now - sent[1] < self.policy.request_timeout_s:
+                continue  # sent already, and its note (or answer) has not moved the check time yet
+            state = self.read(member_id)
+            reason = due_reason(state, now, self.policy) if state is not None else None
+            if state is None or reason is None:
+                continue
+            self.request(member_id, state, reason, now)
+            self.topics.sent_requests.send_soon(key=member_id, value=SentRequest(
+                member_id=member_id, seq=state.seq, sent_at=now))
+            self.timer_sent[member_id] = (check_at, now)
+
+
+def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str = "0",
+                      store: str = "rocksdb://") -> faust.App:
+    """The stream worker's app (`store`: "memory://" in unit tests)."""
     metrics = StreamMetrics()
     (config.data_dir / worker_id).mkdir(parents=True, exist_ok=True)
     app = create_faust_app(
         kafka, "stream",
-        store="rocksdb://",
+        store=store,
         datadir=str(config.data_dir / worker_id),
         web_bind=config.web_bind,
         web_port=config.web_port,
@@ -66,233 +322,54 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
         web_application_options=web_application_options(config.web_token()),
     )
     drain_changelog_writes_before_commits(app)
-    interactions = app.topic(names.interactions, key_type=bytes, value_type=bytes,
-                             key_serializer="raw", value_serializer="raw")
-    dead_letters = app.topic(names.dead_letters, key_type=bytes, value_type=bytes,
-                             key_serializer="raw", value_serializer="raw")
-    adapt_requests = app.topic(names.adapt_requests, key_type=str, value_type=AdaptRequest,
-                               key_serializer="raw")
-    answers = app.topic(names.adapt_answers, key_type=str, value_type=AdaptAnswer,
-                        key_serializer="raw")
-    sent_requests = app.topic(names.sent_requests, key_type=str, value_type=SentRequest,
-                              key_serializer="raw", internal=True, partitions=kafka.partitions)
-    refresh_requests = app.topic(names.refresh_requests, key_type=str, value_type=RefreshRequest,
-                                 key_serializer="raw")
-    erasure_requests = app.topic(names.erasure_requests, key_type=str, value_type=ErasureRequest,
-                                 key_serializer="raw")
-    rocksdb_options = {"driver": "rocksdict", "block_cache_size": config.rocksdb_cache_mb * MB,
-                       "block_cache_compressed_size": config.rocksdb_cache_mb * MB // 4,
-                       "write_buffer_size": 8 * MB}
-    support_sets = app.Table("support-sets", key_type=str, value_type=bytes,  # stored "raw"
-                             partitions=kafka.partitions, options=rocksdb_options)
-    """member_id -> `SupportSet.dumps()`: use `read` and `store`. Also each partition's resume
-    offset (`source_offsets.offset_key`)."""
-    backfilled = app.Table("backfilled-versions", key_type=str, value_type=str,
-                           partitions=kafka.partitions, options=rocksdb_options)
-    """str(partition) -> the model version the partition's members were last backfilled for."""
-    check_times: dict[str, float] = {}
-    """member_id -> when the member may come due without a new event (see `next_check`), for
-    the members of this worker's partitions: kept by `store()`, rebuilt from the support
-    sets after every rebalance. Not a table of its own: its changelog writes cost the
-    stream worker more than the rebuild, and scanning a table at every tick took 15 % of
-    it at 1,000 events/s."""
-    timer_sent: dict[str, tuple[float, float]] = {}
-    """member_id -> (check time, when) of the timer's latest request: none is sent again
-    while the member's check time is the one it was sent for (recording the request, or
-    its answer, moves it). A cache only: losing it (a restart) costs at most one
-    duplicate request."""
-    erasures: dict[str, int] = {}
-    """member_id -> erasures this worker applied since it started. A step that reads a support
-    set, awaits a send and writes the set back stores nothing if the member was forgotten
-    meanwhile (`store_unless_forgotten`): its write would bring the erased history back."""
+    # A batch puts up to one changelog record and one request per member in the producer
+    # buffer at once; Faust's conductor makes every incoming message wait while the buffer
+    # holds more than `max_messages` (100), logging a warning each time.
+    app.producer.buffer.max_messages = PRODUCER_BUFFER_BATCHES * config.batch_max_events
+    topics = declare_topics(app, kafka)
+    tables = declare_tables(app, kafka, config.rocksdb_cache_mb)
+    worker = StreamWorker(app, topics, tables, kafka, config, metrics)
+    app.limaml_worker = worker  # type: ignore[attr-defined]  # for tests and tools
+    tables.support_sets.on_recover(worker.on_recover)
+    resume_from_table_offsets(app, worker.resume_offsets)
 
-    async def send_request(member_id: str, state: SupportSet, reason: str, now: float) -> None:
-        await adapt_requests.send(key=member_id, value=AdaptRequest(
-            member_id=member_id, seq=state.seq, item_ids=state.item_ids, labels=state.labels,
-            contexts=state.contexts, newest_event_ts=state.newest_event_ts,
-            newest_produced_at=state.newest_produced_at,
-            reason=reason, requested_at=now))
-        metrics.requests.labels(reason).inc()
-
-    async def request_if_due(member_id: str, state: SupportSet, now: float) -> SupportSet:
-        reason = due_reason(state, now, policy)
-        if reason is None:
-            return state
-        await send_request(member_id, state, reason, now)
-        return mark_requested(state, now)
-
-    async def readapt(member_id: str, reason: str) -> None:
-        """Re-adapt a member from its stored support set, unless it has none or a request is
-        outstanding (and not timed out)."""
-        state, now, erased = read(member_id), time.time(), erasures.get(member_id, 0)
-        if state is None or (state.requested_seq >= 0 and due_reason(state, now, policy) != "timeout"):
-            return
-        await send_request(member_id, state, reason, now)
-        store_unless_forgotten(member_id, mark_requested(state, now), erased)
-
-    def read(member_id: str) -> SupportSet | None:
-        raw = support_sets.get(member_id)
-        return None if raw is None else SupportSet.loads(raw)
-
-    def store(member_id: str, state: SupportSet) -> None:
-        """Write the new state, and index its check time."""
-        support_sets[member_id] = state.dumps()
-        check_at = next_check(state, policy)
-        if check_at is None:
-            check_times.pop(member_id, None)
-        else:
-            check_times[member_id] = check_at
-
-    def store_unless_forgotten(member_id: str, state: SupportSet, erased_before: int) -> None:
-        """`store`, unless the member was forgotten since its set was read (erasures then
-        `erased_before`)."""
-        if erasures.get(member_id, 0) == erased_before:
-            store(member_id, state)
-
-    def applied(partition: int, offset: int) -> None:
-        """Record that the events of `partition` up to `offset` are applied (after their rows)."""
-        support_sets[offset_key(partition)] = encode_offset(offset + 1)
-
-    def resume_offsets(assigned: Set[TP]) -> dict[TP, int]:
-        offsets = {}
-        for tp in assigned:
-            raw = support_sets.get(offset_key(tp.partition)) if tp.topic == names.interactions else None
-            if raw is not None:
-                offsets[tp] = decode_offset(raw)
-        return offsets
-
-    resume_from_table_offsets(app, resume_offsets)
-
-    @support_sets.on_recover
-    async def index_check_times() -> None:
-        """Seek the source partitions to their resume offsets, and index the check times of
-        the members this worker owns now (called after each rebalance, before the agents
-        resume)."""
-        await app.consumer.seek_to_resume_offsets()
-        check_times.clear()
-        for count, (member_id, raw) in enumerate(support_sets.items(), start=1):
-            if not is_member_key(member_id):
-                continue
-            check_at = next_check(SupportSet.loads(raw), policy)
-            if check_at is not None:
-                check_times[member_id] = check_at
-            if count % BACKFILL_CHUNK == 0:
-                await asyncio.sleep(0)  # let the timer and the web views run
-
-    @app.agent(interactions)
+    @app.agent(topics.interactions)
     async def ingest(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            message = event.message
-            try:
-                interaction = decode_event(message.value, message.key, config.max_event_bytes)
-            except InvalidEvent as error:
-                await send_dead_letter(dead_letters, DeadLetter.of(
-                    message.value, message.key, error.reason, message.topic, message.partition,
-                    message.offset, failed_at_ms=int(time.time() * 1000)), metrics)
-                applied(message.partition, message.offset)
-                continue
-            now = time.time()
-            member_id = interaction.member_id
-            example = Example(
-                item_id=interaction.item_id, label=interaction.label, event_ts=interaction.ts,
-                context={k: float(v) for k, v in interaction.context.items()
-                         if not isinstance(v, str)},
-                produced_at=message.timestamp)
-            before, erased = read(member_id), erasures.get(member_id, 0)
-            state = apply_event(before or empty_support_set(), example, message.offset, now,
-                                config.support_size)
-            if state is None:
-                metrics.duplicates.inc()
-                continue
-            metrics.events.inc()
-            metrics.ingest_lag.observe(now - message.timestamp)
-            store_unless_forgotten(member_id, await request_if_due(member_id, state, now), erased)
-            applied(message.partition, message.offset)
+        async for events in stream.take_events(config.batch_max_events, within=config.batch_wait_s):
+            await worker.ingest(events)
 
-    @app.agent(answers)
+    @app.agent(topics.adapt_answers)
     async def answered(stream: faust.StreamT) -> None:
         async for answer in stream:
-            state, erased = read(answer.member_id), erasures.get(answer.member_id, 0)
-            updated = mark_answered(state, answer.seq) if state is not None else None
-            if updated is not None:
-                store_unless_forgotten(answer.member_id,
-                                       await request_if_due(answer.member_id, updated, time.time()), erased)
+            worker.answered(answer)
 
-    @app.agent(sent_requests)
+    @app.agent(topics.sent_requests)
     async def record_sent(stream: faust.StreamT) -> None:
         async for note in stream:
-            state = read(note.member_id)
-            updated = mark_sent(state, note.seq, note.sent_at) if state is not None else None
-            if updated is not None:
-                store(note.member_id, updated)
+            worker.record_sent(note)
 
-    @app.agent(refresh_requests)
+    @app.agent(topics.refresh_requests)
     async def refresh(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            request: RefreshRequest = event.value
-            if request.backfill:
-                await backfill(event.message.partition, request.model_version)
-                continue
-            await readapt(request.member_id, request.reason)
+            await worker.refresh(event)
 
-    @app.agent(erasure_requests)
+    @app.agent(topics.erasure_requests)
     async def erase(stream: faust.StreamT) -> None:
         async for request in stream:
-            forget(request.member_id)
-            await adapt_requests.send(key=request.member_id, value=erasure_of(
-                request.member_id, request.request_id, request.requested_at))
-            metrics.erasures.inc()
-
-    def forget(member_id: str) -> None:
-        """Delete the member's support set (Faust writes a tombstone to the changelog) and its
-        timer state: a later event starts the member afresh."""
-        if member_id in support_sets:
-            del support_sets[member_id]
-        check_times.pop(member_id, None)
-        timer_sent.pop(member_id, None)
-        erasures[member_id] = erasures.get(member_id, 0) + 1
-
-    async def backfill(partition: int, model_version: str) -> None:
-        """Re-adapt every member of `partition` (once per model version)."""
-        if backfilled.get(str(partition)) == model_version:
-            return
-        members = [m for m in support_sets.keys()
-                   if is_member_key(m) and member_partition(m, kafka.partitions) == partition]
-        log.info("backfill for model %s: %d members of partition %d", model_version, len(members),
-                 partition)
-        for start in range(0, len(members), BACKFILL_CHUNK):
-            for member_id in members[start:start + BACKFILL_CHUNK]:
-                await readapt(member_id, "backfill")
-            await asyncio.sleep(0)  # let ingestion go on between chunks
-        backfilled[str(partition)] = model_version
+            worker.erase(request)
 
     @app.timer(interval=config.check_interval_s)
     async def find_due_members() -> None:
-        now = time.time()
-        due = {member_id: check_at for member_id, check_at in check_times.items() if check_at <= now}
-        for member_id in set(timer_sent) - set(due):
-            del timer_sent[member_id]
-        for member_id, check_at in due.items():
-            sent = timer_sent.get(member_id)
-            if sent is not None and sent[0] == check_at and now - sent[1] < policy.request_timeout_s:
-                continue  # sent already, and its note (or answer) has not moved the check time yet
-            state = read(member_id)
-            reason = due_reason(state, now, policy) if state is not None else None
-            if state is None or reason is None:
-                continue
-            await send_request(member_id, state, reason, now)
-            await sent_requests.send(key=member_id, value=SentRequest(member_id=member_id,
-                                                                      seq=state.seq, sent_at=now))
-            timer_sent[member_id] = (check_at, now)
+        worker.find_due_members()
 
     @app.page("/metrics")
     async def metrics_page(web: View, request: Request) -> Any:
         return Response(body=metrics.exposition(), content_type="text/plain")
 
     @app.page("/members/{member_id}/")
-    @app.table_route(table=support_sets, match_info="member_id")
+    @app.table_route(table=tables.support_sets, match_info="member_id")
     async def member_page(web: View, request: Request, member_id: str) -> Any:
-        raw = support_sets.get(member_id)
+        raw = tables.support_sets.get(member_id)
         return Response(body=b"null" if raw is None else raw, content_type="application/json")
 
     return app

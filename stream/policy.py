@@ -14,6 +14,7 @@ or even after the answer, so `answered_seq` remembers the newest answer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from limaml.stream.records import SupportSet
@@ -64,6 +65,38 @@ def apply_event(state: SupportSet, example: Example, offset: int, now: float,
         requested_at=state.requested_at,
         answered_seq=state.answered_seq,
     )
+
+
+def apply_events(state: SupportSet, events: Sequence[tuple[Example, int]], now: float,
+                 support_size: int) -> tuple[SupportSet, list[Example]]:
+    """The state after a batch of one member's events (example, source offset) in offset
+    order, and the examples applied: those past the row's `last_offset` (the others were
+    applied before a redelivery). The same state as `apply_event` one event at a time,
+    built once."""
+    last_offset, applied = state.last_offset, []
+    for example, offset in events:
+        if offset > last_offset:
+            applied.append(example)
+            last_offset = offset
+    if not applied:
+        return state, applied
+    keep = support_size - len(applied)
+    newest, start = applied[-1], max(0, len(applied) - support_size)
+    added = applied[start:]
+    return SupportSet(
+        seq=state.seq + len(applied),
+        item_ids=[*(state.item_ids[-keep:] if keep > 0 else []), *(e.item_id for e in added)],
+        labels=[*(state.labels[-keep:] if keep > 0 else []), *(e.label for e in added)],
+        contexts=[*(state.contexts[-keep:] if keep > 0 else []), *(e.context for e in added)],
+        newest_event_ts=newest.event_ts,
+        newest_produced_at=newest.produced_at,
+        last_offset=last_offset,
+        pending=state.pending + len(applied),
+        oldest_pending_at=state.oldest_pending_at if state.pending else now,
+        requested_seq=state.requested_seq,
+        requested_at=state.requested_at,
+        answered_seq=state.answered_seq,
+    ), applied
 
 
 def due_reason(state: SupportSet, now: float, policy: TriggerPolicy) -> str | None:

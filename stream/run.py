@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import cProfile
 import logging
+import os
 
 import faust
 
@@ -13,10 +15,25 @@ from limaml.stream.ingest import create_stream_app
 from limaml.stream.topics import KafkaConfig, ensure_topics
 
 
+PROFILE_ENV = "LIMAML_PROFILE"
+"""A path prefix: the worker runs under cProfile and writes its statistics to
+`<prefix>.<app id>.<pid>` when it stops (`python -m pstats FILE`). For finding where a
+worker's time goes (cProfile is not asyncio-aware: read `tottime`); not for production."""
+
+
 def run_app(app: faust.App) -> None:
     """Faust's worker: handles SIGTERM/SIGINT with a graceful stop (commit, flush, close)."""
     level = "debug" if logging.getLogger().isEnabledFor(logging.DEBUG) else "info"
-    faust.Worker(app, loglevel=level, quiet=True).execute_from_commandline()
+    profile_to = os.environ.get(PROFILE_ENV)
+    profiler = cProfile.Profile() if profile_to else None
+    if profiler is not None:
+        profiler.enable()
+    try:
+        faust.Worker(app, loglevel=level, quiet=True).execute_from_commandline()
+    finally:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(f"{profile_to}.{app.conf.id}.{os.getpid()}")
 
 
 def run_stream_worker(kafka: KafkaConfig, config: StreamConfig, worker_id: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from faust.types import TP, Message
 
 from limaml.adapters.registry import load_dataset
 from limaml.featurestore.config import FeatureStoreConfig
@@ -32,3 +33,44 @@ async def test_both_worker_kinds_consume_with_the_short_fetch_wait(tmp_path: Pat
         finally:
             await consumer.stop()
             thread.thread_loop.close()
+
+
+@pytest.mark.asyncio
+async def test_a_message_is_delivered_without_the_suspend_race_only_when_its_delivery_cannot_wait(
+        tmp_path: Path) -> None:
+    """The stream worker's consumer awaits the conductor's callback directly (no `wait_first`
+    tasks) only when nothing in it can suspend: flow running, producer buffer under its
+    limit, room in the message's queues. Otherwise it races the callback against a
+    rebalance's suspension, as Faust does."""
+    app = create_stream_app(KafkaConfig(), StreamConfig(data_dir=tmp_path / "stream"), store="memory://")
+    consumer = app.consumer
+    try:
+        tp = TP(topic="limaml.interactions", partition=1)
+        channel = app.topic(tp.topic)
+        message = Message(topic=tp.topic, partition=tp.partition, offset=0, timestamp=0.0, timestamp_type=0,
+                          headers=None, key=b"m", value=b"{}", checksum=None)
+        assert not consumer._delivers_at_once(message)  # no channel subscribes to its partition yet
+        app.topics._tp_index[tp].add(channel)
+        app.flow_control.resume()
+        assert consumer._delivers_at_once(message)
+
+        consumer.suspend_flow.set()  # a rebalance began
+        assert not consumer._delivers_at_once(message)
+        consumer.suspend_flow.clear()
+        app.flow_control.suspend()
+        assert not consumer._delivers_at_once(message)
+        app.flow_control.resume()
+
+        buffer = app.producer.buffer
+        buffer.max_messages = 0
+        buffer.pending.put_nowait(object())  # the conductor would wait for it to ebb
+        assert not consumer._delivers_at_once(message)
+        buffer.pending.get_nowait()
+        assert consumer._delivers_at_once(message)
+
+        queue = channel.queue
+        while not queue.full():
+            queue.put_nowait(None)
+        assert not consumer._delivers_at_once(message)
+    finally:
+        consumer._thread.thread_loop.close()

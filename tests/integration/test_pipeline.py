@@ -30,7 +30,7 @@ from limaml.stream.refresh import RefreshRequester
 from limaml.stream.records import AdaptRequest
 from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics, member_partition
 
-from .conftest import delete_topics_with_prefix, read_dead_letters
+from .conftest import delete_topics_with_prefix, read_dead_letters, records_in_topic
 from limaml.deploy.processes import Worker, free_port, poll
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -358,3 +358,24 @@ def test_bad_events_go_to_the_dead_letter_topic_and_good_ones_still_flow(
     assert sorted(letter.raw for letter in letters) == sorted(value for _, value in bad)
     assert all(letter.reason and letter.topic == pipeline.topics.interactions for letter in letters)
     assert worker.metric("limaml_stream_dead_letters_total") == len(bad)
+
+
+def test_each_members_batched_changelog_records_land_in_its_own_partition(
+        pipeline: Pipeline, dataset: InteractionLog) -> None:
+    """A batch mixes partitions; each member's table write (RocksDB database and changelog
+    record) must go to the member's partition, or a rebalance restores it elsewhere. The events
+    wait in the topic before the worker starts, so it takes them in a few large batches: one
+    changelog record per member per batch, far fewer than one per event."""
+    events = list(events_from_log(dataset))
+    pipeline.send_events(events)
+    worker = pipeline.stream_worker(max_staleness_s=600)
+    behind: dict[str, object] = {}
+    poll(lambda: support_sets_match(worker, events_by_member(events), behind), 60,
+         "every event applied", describe=lambda: str(behind))
+    changelog = f"{pipeline.kafka.faust_app_id('stream')}-support-sets-changelog"
+    records = records_in_topic(pipeline.kafka.bootstrap, changelog, PARTITIONS)
+    assert {json.loads(r.key()) for r in records} == set(events_by_member(events))
+    for record in records:
+        member = json.loads(record.key())
+        assert record.partition() == member_partition(member, PARTITIONS), member
+    assert len(records) <= len(events) // 2, f"{len(records)} changelog records for {len(events)} events"
