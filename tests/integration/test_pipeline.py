@@ -28,6 +28,7 @@ from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
 from limaml.stream.refresh import RefreshRequester
 from limaml.stream.records import AdaptRequest
+from limaml.stream.source_offsets import is_member_key
 from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics, member_partition
 
 from .conftest import delete_topics_with_prefix, read_dead_letters, records_in_topic
@@ -373,9 +374,12 @@ def test_each_members_batched_changelog_records_land_in_its_own_partition(
     poll(lambda: support_sets_match(worker, events_by_member(events), behind), 60,
          "every event applied", describe=lambda: str(behind))
     changelog = f"{pipeline.kafka.faust_app_id('stream')}-support-sets-changelog"
-    records = records_in_topic(pipeline.kafka.bootstrap, changelog, PARTITIONS)
+    written = records_in_topic(pipeline.kafka.bootstrap, changelog, PARTITIONS)
+    records = [r for r in written if is_member_key(json.loads(r.key()))]
     assert {json.loads(r.key()) for r in records} == set(events_by_member(events))
     for record in records:
         member = json.loads(record.key())
         assert record.partition() == member_partition(member, PARTITIONS), member
     assert len(records) <= len(events) // 2, f"{len(records)} changelog records for {len(events)} events"
+    resume_offsets = [r for r in written if not is_member_key(json.loads(r.key()))]  # once per partition per batch
+    assert len(resume_offsets) <= len(records), f"{len(resume_offsets)} resume offsets for {len(records)} rows"
