@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 from limaml.adapters.events import InteractionEvent, events_from_log
 from limaml.adapters.registry import load_dataset
@@ -60,9 +60,10 @@ from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.store import open_feature_store
 from limaml.deploy.processes import (Worker, free_port, local_kafka, poll, restart_stopped_kafka_nodes,
                               stop_kafka_node)
-from limaml.featurestore.embeddings import MemberEmbedding
 from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
 from limaml.train import TrainConfig, meta_train
+
+from freshness import EmbeddingWatcher  # bench/, this script's folder
 
 PARTITIONS = 4
 SUPPORT_SIZE = 16  # K of the stream worker: the item ids checked per member
@@ -154,32 +155,11 @@ class Traffic(threading.Thread):
         self.join(timeout=10)
 
 
-class FreshnessWatcher(threading.Thread):
-    """(write time, freshness) of every meta-embeddings record, both in epoch seconds."""
+class FreshnessWatcher(EmbeddingWatcher):
+    """The embeddings written from now on, and how freshness recovers after a fault."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        super().__init__(name="freshness", daemon=True)
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
-                                  "auto.offset.reset": "latest"})
-        self.consumer.subscribe([topic])
-        self.writes: list[tuple[float, float]] = []
-        self.lock = threading.Lock()
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self.done.is_set():
-                for message in self.consumer.consume(num_messages=1000, timeout=0.2):
-                    if message.error() is not None:
-                        if message.error().code() != KafkaError._PARTITION_EOF:
-                            raise KafkaException(message.error())
-                        continue
-                    produced_at = MemberEmbedding.from_json(message.value()).newest_produced_at / 1000
-                    written = message.timestamp()[1] / 1000
-                    with self.lock:
-                        self.writes.append((written, written - produced_at))
-        finally:
-            self.consumer.close()
+        super().__init__(bootstrap, topic, offset_reset="latest")
 
     def ages(self, since: float, until: float) -> list[float]:
         """Freshness of the embeddings written between two times."""

@@ -32,7 +32,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError
+from confluent_kafka import Consumer, KafkaError, KafkaException
 
 from limaml.adapters.registry import load_dataset
 from limaml.adapters.replay import ReplayConfig, run_replay
@@ -71,15 +71,16 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 12
 
 
 class EmbeddingWatcher(threading.Thread):
-    """Collects the freshness of every meta-embeddings record while a phase runs."""
+    """(write time, freshness) of every meta-embeddings record, both in epoch seconds: its
+    Kafka timestamp, and that minus its newest event's (`bench/chaos.py` uses it too)."""
 
-    def __init__(self, bootstrap: str, topic: str, since: float) -> None:
-        super().__init__(daemon=True)
-        self.since = since  # embeddings of older events (the warm-up's) are not counted
+    def __init__(self, bootstrap: str, topic: str, offset_reset: str = "earliest") -> None:
+        super().__init__(name="embedding-watcher", daemon=True)
         self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
-                                  "auto.offset.reset": "earliest"})
+                                  "auto.offset.reset": offset_reset})
         self.consumer.subscribe([topic])
-        self.freshness: list[float] = []
+        self.writes: list[tuple[float, float]] = []
+        self.lock = threading.Lock()
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -88,13 +89,21 @@ class EmbeddingWatcher(threading.Thread):
                 for message in self.consumer.consume(num_messages=1000, timeout=0.2):
                     if message.error() is not None:
                         if message.error().code() != KafkaError._PARTITION_EOF:
-                            raise RuntimeError(message.error())
+                            raise KafkaException(message.error())
+                        continue
+                    if message.value() is None:  # an erasure's tombstone
                         continue
                     produced_at = MemberEmbedding.from_json(message.value()).newest_produced_at / 1000
-                    if produced_at >= self.since:
-                        self.freshness.append(message.timestamp()[1] / 1000 - produced_at)
+                    written = message.timestamp()[1] / 1000
+                    with self.lock:
+                        self.writes.append((written, written - produced_at))
         finally:
             self.consumer.close()
+
+    def freshness_since(self, since: float) -> list[float]:
+        """Freshness of the embeddings of events produced at `since` or later."""
+        with self.lock:
+            return [age for written, age in self.writes if written - age >= since]
 
 
 def train_model(log: InteractionLog, root: Path) -> None:
@@ -177,8 +186,8 @@ def freshness_phase(stack: Stack, label: str, limit: int, **pace: float) -> dict
     poll(lambda: stream.metric("limaml_stream_events_total") >= WARMUP_EVENTS, 300, f"{label}: warm-up applied")
     poll(lambda: all_answered(stream, adapt), 300, f"{label}: warm-up requests answered")
     before = scrape_stages(workers)
-    watcher = EmbeddingWatcher(stack.kafka.bootstrap, TopicNames(stack.kafka.topic_prefix).meta_embeddings,
-                               since=time.time())
+    since = time.time()  # embeddings of older events (the warm-up's) are not counted
+    watcher = EmbeddingWatcher(stack.kafka.bootstrap, TopicNames(stack.kafka.topic_prefix).meta_embeddings)
     watcher.start()
     started = time.monotonic()
     stack.replay(start=WARMUP_EVENTS, limit=limit - WARMUP_EVENTS, **pace)
@@ -192,8 +201,9 @@ def freshness_phase(stack: Stack, label: str, limit: int, **pace: float) -> dict
             for stage in STAGES}
     p99_of = {stage: quantile(subtract(after[stage][2], before[stage][2]), 0.99) or 0.0 for stage in STAGES}
     batches = after["batch_size"][1] - before["batch_size"][1]
-    p50, p95, p99 = percentiles(watcher.freshness)
-    result = {"events": limit - WARMUP_EVENTS, "seconds": seconds, "embeddings": len(watcher.freshness),
+    freshness = watcher.freshness_since(since)
+    p50, p95, p99 = percentiles(freshness)
+    result = {"events": limit - WARMUP_EVENTS, "seconds": seconds, "embeddings": len(freshness),
               "batches_per_s": batches / seconds, **mean, "p50": p50, "p95": p95, "p99": p99}
     print(f"{label}: {result['events']} events after a warm-up of {WARMUP_EVENTS}, in {seconds:.1f} s, "
           f"{result['embeddings']} embeddings, {result['batches_per_s']:.1f} adaptation batches/s "

@@ -94,7 +94,7 @@ def example_of(event: EventT, max_event_bytes: int) -> tuple[str, Example]:
     context = {k: float(v) for k, v in interaction.context.items() if not isinstance(v, str)}
     return interaction.member_id, Example(item_id=interaction.item_id, label=interaction.label,
                                           event_ts=interaction.ts, context=context,
-                                          produced_at=message.timestamp)
+                                          produced_at=message.timestamp, event_id=interaction.event_id)
 
 
 class StreamWorker:

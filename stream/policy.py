@@ -14,6 +14,7 @@ or even after the answer, so `answered_seq` remembers the newest answer.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,12 +44,30 @@ class Example:
     event_ts: int
     context: dict[str, float]
     produced_at: float
+    event_id: str
+
+
+RECENT_EVENT_IDS = 16
+"""How many of a member's newest event ids a support set remembers. Two deduplications keep
+each event counted once: by source offset (Kafka delivers a record again after a crash),
+and by event id, for a record written twice at two offsets: librdkafka's idempotent
+producer can do that when a partition's leader changes mid-send (confluentinc/librdkafka#4953),
+and a producer retrying at the application level does it too. Such a copy lands within a few
+of the member's events of the original; 16 ids, 8 bytes of hash each, cover that."""
+
+
+def event_id_hash(event_id: str) -> int:
+    """A 63-bit hash of an event id (a JSON integer; a collision among a member's 16 newest
+    ids has a chance of about 1 in 5·10¹⁷)."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big") >> 1
 
 
 def apply_event(state: SupportSet, example: Example, offset: int, now: float,
                 support_size: int) -> SupportSet | None:
-    """The state after one event, or None if this source offset was applied already."""
-    if offset <= state.last_offset:
+    """The state after one event, or None if it was applied already: this source offset, or
+    this event id among the member's newest (`RECENT_EVENT_IDS`)."""
+    event_hash = event_id_hash(example.event_id)
+    if offset <= state.last_offset or event_hash in state.recent_ids:
         return None
     keep = support_size - 1
     return SupportSet(
@@ -64,20 +83,22 @@ def apply_event(state: SupportSet, example: Example, offset: int, now: float,
         requested_seq=state.requested_seq,
         requested_at=state.requested_at,
         answered_seq=state.answered_seq,
+        recent_ids=[*state.recent_ids, event_hash][-RECENT_EVENT_IDS:],
     )
 
 
 def apply_events(state: SupportSet, events: Sequence[tuple[Example, int]], now: float,
                  support_size: int) -> tuple[SupportSet, list[Example]]:
     """The state after a batch of one member's events (example, source offset) in offset
-    order, and the examples applied: those past the row's `last_offset` (the others were
-    applied before a redelivery). The same state as `apply_event` one event at a time,
-    built once."""
-    last_offset, applied = state.last_offset, []
+    order, and the examples applied: the others were applied already (see `apply_event`).
+    The same state as `apply_event` one event at a time, built once."""
+    last_offset, applied, recent_ids = state.last_offset, [], list(state.recent_ids)
     for example, offset in events:
-        if offset > last_offset:
+        event_hash = event_id_hash(example.event_id)
+        if offset > last_offset and event_hash not in recent_ids[-RECENT_EVENT_IDS:]:
             applied.append(example)
             last_offset = offset
+            recent_ids.append(event_hash)
     if not applied:
         return state, applied
     keep = support_size - len(applied)
@@ -96,6 +117,7 @@ def apply_events(state: SupportSet, events: Sequence[tuple[Example, int]], now: 
         requested_seq=state.requested_seq,
         requested_at=state.requested_at,
         answered_seq=state.answered_seq,
+        recent_ids=recent_ids[-RECENT_EVENT_IDS:],
     ), applied
 
 

@@ -38,6 +38,7 @@ class SupportSet:
     requested_seq: int  # seq of the outstanding request, -1 when none
     requested_at: float  # when that request was sent (s)
     answered_seq: int = -1  # seq of the newest embedding that came back
+    recent_ids: List[int] = dataclasses.field(default_factory=list)  # hashes of the newest events' ids (see `policy`)
 
     def derive(self, **changes: object) -> "SupportSet":
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from limaml.stream.adapt_worker import newest_requests
-from limaml.stream.policy import (Example, TriggerPolicy, apply_event, due_reason,
-                                  empty_support_set, mark_answered, mark_requested, mark_sent,
+from limaml.stream.policy import (RECENT_EVENT_IDS, Example, TriggerPolicy, apply_event, apply_events,
+                                  due_reason, empty_support_set, mark_answered, mark_requested, mark_sent,
                                   next_check)
 from limaml.stream.records import AdaptRequest, SupportSet
 
@@ -13,7 +13,7 @@ POLICY = TriggerPolicy(support_size=3, min_new_signals=2, max_staleness_s=10.0, 
 
 def example(n: int) -> Example:
     return Example(item_id=f"i{n}", label=n % 2, event_ts=1_700_000_000_000 + n,
-                   context={"slot": n / 10}, produced_at=100.0 + n)
+                   context={"slot": n / 10}, produced_at=100.0 + n, event_id=f"e{n}")
 
 
 def applied(count: int, now: float = 0.0) -> SupportSet:
@@ -38,6 +38,20 @@ def test_a_redelivered_offset_is_not_counted_twice() -> None:
     assert apply_event(state, example(2), offset=2, now=0.0, support_size=3) is None
     assert apply_event(state, example(9), offset=1, now=0.0, support_size=3) is None
     assert apply_event(state, example(3), offset=3, now=0.0, support_size=3) is not None
+
+
+def test_an_event_written_twice_at_two_offsets_is_counted_once() -> None:
+    """A producer's retry can put an event in the topic twice (librdkafka#4953): the copy has
+    a new offset but the same event id."""
+    state = applied(3)
+    assert apply_event(state, example(1), offset=7, now=0.0, support_size=3) is None
+    state, kept = apply_events(state, [(example(1), 7), (example(3), 8), (example(3), 9)], now=0.0, support_size=3)
+    assert kept == [example(3)] and state.seq == 4 and state.last_offset == 8
+    # The window is the member's newest RECENT_EVENT_IDS ids: an id older than that counts again.
+    for n in range(4, 4 + RECENT_EVENT_IDS):
+        state = apply_event(state, example(n), offset=10 + n, now=0.0, support_size=3)
+    assert apply_event(state, example(3), offset=100, now=0.0, support_size=3) is not None
+    assert len(state.recent_ids) == RECENT_EVENT_IDS
 
 
 def test_enough_new_signals_make_a_member_due_at_once() -> None:
@@ -135,4 +149,4 @@ def test_a_support_set_round_trips_through_its_stored_bytes() -> None:
                         b'"newest_event_ts":1700000000000,"newest_produced_at":100.0,"last_offset":0,'
                         b'"pending":1,"oldest_pending_at":5.0,"requested_seq":-1,"requested_at":0.0,'
                         b'"answered_seq":-1}')
-    assert SupportSet.loads(written_by_faust) == applied(1, now=5.0)
+    assert SupportSet.loads(written_by_faust) == applied(1, now=5.0).derive(recent_ids=[])  # ids kept since

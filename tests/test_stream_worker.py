@@ -111,7 +111,8 @@ def test_a_batch_folds_like_one_event_at_a_time_and_skips_applied_offsets() -> N
         state = empty_support_set()
         for _ in range(rng.randint(1, 3)):
             batch = [(Example(f"i{rng.randint(0, 9)}", rng.randint(0, 1), rng.randint(0, 99), {"x": rng.random()},
-                              rng.random()), rng.randint(0, 40)) for _ in range(rng.randint(1, 12))]
+                              rng.random(), f"e{rng.randint(0, 30)}"), rng.randint(0, 40))  # some ids repeat
+                     for _ in range(rng.randint(1, 12))]
             batch.sort(key=lambda pair: pair[1])
             now = rng.random()
             folded, applied = apply_events(state, batch, now, SUPPORT_SIZE)

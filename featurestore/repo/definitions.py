@@ -17,17 +17,18 @@ from feast.types import Array, Float32, Int64, String
 # String field each; `open_feature_store` writes the configured list into this file.
 PROFILE_FIELDS: list[str] = json.loads((Path(__file__).parent / "profile_fields.json").read_text())
 
+def parquet_source(name: str, file: str) -> FileSource:
+    """Rows of `data/<file>.parquet` in the working repo, stamped by `event_timestamp`."""
+    return FileSource(name=name, path=f"data/{file}.parquet", timestamp_field="event_timestamp")
+
+
 # Everything here is keyed by the member, as every Kafka topic is.
 member = Entity(name="member", join_keys=["member_id"], value_type=ValueType.STRING,
                 description="a member (user) of the product")
 
 # Feast requires a batch source behind a push source even when nothing is ever pushed
 # offline; an (empty) parquet file that `open_feature_store` creates.
-member_meta_embedding_history = FileSource(
-    name="member_meta_embedding_history",
-    path="data/member_meta_embedding.parquet",
-    timestamp_field="event_timestamp",
-)
+member_meta_embedding_history = parquet_source("member_meta_embedding_history", "member_meta_embedding")
 
 # The adaptation workers push each member's freshly adapted meta embedding here.
 member_meta_embedding_push = PushSource(
@@ -59,11 +60,7 @@ member_meta_embedding = FeatureView(
 )
 
 # Snapshots of the members' profiles, written by `write_member_profiles`.
-member_profile_source = FileSource(
-    name="member_profile_source",
-    path="data/member_profile.parquet",
-    timestamp_field="event_timestamp",
-)
+member_profile_source = parquet_source("member_profile_source", "member_profile")
 
 # The meta features the meta block reads, as the strings of the dataset's vocabularies
 # ("" = unknown). ttl 0: a profile holds until the next snapshot.

@@ -243,6 +243,22 @@ def test_support_sets_survive_kill_9_without_loss_or_double_counting(
                           f"worker log:\n{restarted.log_tail(20)}")
 
 
+def test_an_event_written_twice_to_the_topic_is_counted_once(pipeline: Pipeline, dataset: InteractionLog) -> None:
+    """A producer's retry can write a record twice, at two offsets (librdkafka#4953): the
+    copy has the event's id, and the worker counts the event once."""
+    events = list(events_from_log(dataset))
+    worker = pipeline.stream_worker("0")
+    pipeline.send_events(events[:20])
+    pipeline.send_events(events[:20] + events[20:])  # copies of the first 20, then the rest
+    poll(lambda: worker.metric("limaml_stream_events_total") == len(events), 60, "every event applied",
+         describe=lambda: f"{worker.metric('limaml_stream_events_total')} applied")
+    poll(lambda: worker.metric("limaml_stream_duplicate_events_total") == 20, 60, "the copies skipped",
+         describe=lambda: f"{worker.metric('limaml_stream_duplicate_events_total')} skipped")
+    behind: dict[str, object] = {}
+    assert support_sets_match(worker, events_by_member(events), behind), behind
+    assert worker.metric("limaml_stream_events_total") == len(events)
+
+
 def test_a_worker_resumes_where_its_restored_table_ends_whatever_the_group_committed(
         pipeline: Pipeline, dataset: InteractionLog) -> None:
     """A committed offset ahead of the table (a commit that reached the broker before the
