@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from limaml.adapters.events import InteractionEvent, events_from_log
 from limaml.adapters.registry import load_dataset
-from limaml.settings import ConfigError
+from limaml.layered_config import ConfigError
 from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
 
 log = logging.getLogger(__name__)

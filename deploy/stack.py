@@ -45,7 +45,7 @@ from limaml.adapters.replay import ReplayConfig
 from limaml.data import InteractionLog
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.serving.config import ServeConfig
-from limaml.settings import ConfigError, Section, borrow, command_line, handed_on, resolve
+from limaml.layered_config import ConfigError, Section, borrow, command_line, handed_on, resolve
 from limaml.stream.config import AdaptConfig, StreamConfig
 from limaml.stream.topics import KafkaConfig, TopicNames, ensure_topics
 

@@ -34,7 +34,7 @@ from feast import Entity, FeatureStore, FeatureView, FileSource, PushSource
 from feast.type_map import feast_value_type_to_pa
 
 from limaml.featurestore.config import FeatureStoreConfig, without_password
-from limaml.settings import read_secret
+from limaml.layered_config import read_secret
 
 logger = logging.getLogger(__name__)
 

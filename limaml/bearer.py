@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hmac
 
-from limaml.settings import ConfigError, read_secret
+from limaml.layered_config import ConfigError, read_secret
 
 MIN_TOKEN_LENGTH = 16
 CHALLENGE = {"WWW-Authenticate": "Bearer"}

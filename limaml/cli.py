@@ -1,6 +1,6 @@
 """The `limaml` command: a thin layer over the library's run functions.
 
-Only `argparse` and `limaml.settings` are imported at the start. Each command's settings
+Only `argparse` and `limaml.layered_config` are imported at the start. Each command's settings
 (the sections its options, TOML tables and environment variables come from) and the modules
 that declare them are imported when that command is named on the command line, so that
 `limaml --help` and a mistyped command do not wait for torch, pandas, Kafka or Faust.
@@ -19,7 +19,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from limaml.settings import ConfigError, Section, add_arguments, resolve
+from limaml.layered_config import ConfigError, Section, add_arguments, resolve
 
 log = logging.getLogger("limaml")
 

@@ -34,7 +34,7 @@ from limaml.config import ModelConfig, TrainConfig
 from limaml.data import InteractionLog
 from limaml.episodes import Episodes, MemberHistories, holdout_episodes, sample_episodes
 from limaml.item_statistics import ItemStatistics
-from limaml.metrics import log_loss, roc_auc
+from limaml.ranking_metrics import log_loss, roc_auc
 from limaml.model import LiMAML, meta_forward
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ import torch
 from aiohttp.web import Response
 from faust.web import Request, View
 
-from limaml.active_model import ActiveModel, ServedModel
+from limaml.adapt_version import AdaptVersion, AdaptModel
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
 from limaml.featurestore.conditional_write import delete_entities
@@ -74,12 +74,12 @@ def split_erasures(batch: list[AdaptRequest]) -> tuple[list[AdaptRequest], list[
 class BatchAdapter:
     """The blocking part of a micro-batch, run in the worker's single adaptation thread."""
 
-    def __init__(self, model: ActiveModel, feast: FeatureStoreConfig) -> None:
+    def __init__(self, model: AdaptVersion, feast: FeatureStoreConfig) -> None:
         self.model = model
         self.feast = feast
         self._opened: tuple[tuple[str, int], Any, EmbeddingWriter] | None = None
 
-    def _open(self, served: ServedModel) -> tuple[Any, EmbeddingWriter]:
+    def _open(self, served: AdaptModel) -> tuple[Any, EmbeddingWriter]:
         """The store and writer, re-opened when a model version reads other profile fields
         or has another embedding size."""
         fields = ",".join(served.artifact.schema.member_fields)
@@ -134,7 +134,7 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
     requests_topic, embeddings_topic, answers_topic = topics.adapt_requests, topics.meta_embeddings, topics.adapt_answers
     refresh_topic, erasure_answers = topics.refresh_requests, topics.erasure_answers
     torch.set_num_threads(config.torch_threads)
-    model = ActiveModel(config.artifacts_dir, config.device, config.compile)
+    model = AdaptVersion(config.artifacts_dir, config.device, config.compile)
     adapter = BatchAdapter(model, feast)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="limaml-adapt")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from limaml.settings import ConfigError
+from limaml.layered_config import ConfigError
 from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, KafkaConnectionError, TopicNames, ensure_topics
 
 log = logging.getLogger(__name__)

@@ -104,8 +104,7 @@ class StreamWorker:
                  config: StreamConfig, metrics: StreamMetrics) -> None:
         self.app, self.topics, self.kafka, self.config, self.metrics = app, topics, kafka, config, metrics
         self.support_sets, self.backfilled = tables.support_sets, tables.backfilled
-        self.policy = TriggerPolicy(config.support_size, config.min_new_signals, config.max_staleness_s,
-                                    config.request_timeout_s)
+        self.policy = TriggerPolicy.of(config)
         self.check_times: dict[str, float] = {}
         """member_id -> when the member may come due without a new event (see `next_check`), for
         the members of this worker's partitions: kept by `store()`, rebuilt from the support

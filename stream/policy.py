@@ -18,6 +18,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from limaml.stream.config import StreamConfig
 from limaml.stream.records import SupportSet
 
 
@@ -27,6 +28,11 @@ class TriggerPolicy:
     min_new_signals: int = 5  # M: new events that make a member due at once
     max_staleness_s: float = 10.0  # S: the longest a new event waits for adaptation
     request_timeout_s: float = 60.0  # an unanswered request is re-sent after this
+
+    @classmethod
+    def of(cls, config: StreamConfig) -> TriggerPolicy:
+        """The policy `[stream]` configures."""
+        return cls(config.support_size, config.min_new_signals, config.max_staleness_s, config.request_timeout_s)
 
 
 def empty_support_set() -> SupportSet:

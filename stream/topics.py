@@ -18,7 +18,7 @@ from aiokafka.partitioner import murmur2
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from limaml.settings import ConfigError, read_secret
+from limaml.layered_config import ConfigError, read_secret
 
 log = logging.getLogger(__name__)
 

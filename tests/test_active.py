@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import save_tiny_model
-from limaml.active_model import ActiveModel
+from limaml.adapt_version import AdaptVersion
 from limaml.adapters.registry import load_dataset
 from limaml.artifacts import ArtifactError
 
@@ -17,7 +17,7 @@ DATASET = "synthetic:n_members=30,n_items=20,seed=3"
 def test_the_adaptation_model_survives_a_broken_active_version(tmp_path: Path) -> None:
     dataset = load_dataset(DATASET)
     first = save_tiny_model(tmp_path, dataset)
-    model = ActiveModel(tmp_path, "cpu")
+    model = AdaptVersion(tmp_path, "cpu")
     assert model.current.version == first and not model.refresh()
 
     (tmp_path / "ACTIVE").write_text("no-such-version\n")
@@ -32,4 +32,4 @@ def test_the_adaptation_model_survives_a_broken_active_version(tmp_path: Path) -
 
 def test_nothing_starts_without_a_loadable_model(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="no ACTIVE model"):
-        ActiveModel(tmp_path, "cpu")
+        AdaptVersion(tmp_path, "cpu")

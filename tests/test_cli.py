@@ -17,7 +17,7 @@ from limaml.cli import build_parser, main, sections
 from limaml.featurestore.profiles import read_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
-from limaml.settings import ConfigError, resolve
+from limaml.layered_config import ConfigError, resolve
 
 LIMAML = Path(sys.executable).parent / "limaml"
 TRAIN_SECTIONS = sections("train")

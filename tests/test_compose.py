@@ -30,7 +30,7 @@ import yaml
 from conftest import REPO_ROOT, require_component
 from limaml import cli
 from limaml.deploy.processes import KAFKA_SH
-from limaml.settings import Option, Section, parse_value
+from limaml.layered_config import Option, Section, parse_value
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "Dockerfile"

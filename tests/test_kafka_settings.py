@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from limaml.settings import ConfigError, Section, resolve
+from limaml.layered_config import ConfigError, Section, resolve
 from limaml.stream.config import StreamConfig
 from limaml.stream.ingest import create_stream_app
 from limaml.stream.topics import KafkaConfig

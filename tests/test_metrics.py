@@ -8,7 +8,7 @@ import numpy as np
 from sklearn.metrics import log_loss as sk_log_loss
 from sklearn.metrics import roc_auc_score
 
-from limaml.metrics import log_loss, roc_auc
+from limaml.ranking_metrics import log_loss, roc_auc
 
 
 def test_auc_matches_scikit_learn_with_many_ties() -> None:

@@ -36,8 +36,8 @@ from limaml.serving.app import create_app
 from limaml.serving.config import ServeConfig
 from limaml.serving.run import check_certificate
 from limaml.serving.scorer import VersionScorer
-from limaml.serving.throttle import RefreshThrottle
-from limaml.settings import ConfigError
+from limaml.serving.refresh_dedup import RefreshDedup
+from limaml.layered_config import ConfigError
 from limaml.stream.topics import KafkaConfig
 
 DATASET = "synthetic:n_members=30,n_items=40,mean_events=12,seed=5"
@@ -235,16 +235,16 @@ def test_an_embedding_of_another_version_is_not_used_and_a_refresh_is_asked_once
 
 def test_the_refresh_rate_limit_expires_and_its_memory_is_bounded() -> None:
     requester, now = RecordingRequester(), [0.0]
-    throttle = RefreshThrottle(requester, interval_s=30.0, max_members=3, clock=lambda: now[0])
-    assert throttle.request("a", "v") and not throttle.request("a", "v")
+    refresh_dedup = RefreshDedup(requester, interval_s=30.0, max_members=3, clock=lambda: now[0])
+    assert refresh_dedup.request("a", "v") and not refresh_dedup.request("a", "v")
     now[0] = 29.9
-    assert not throttle.request("a", "v")
+    assert not refresh_dedup.request("a", "v")
     now[0] = 30.0
-    assert throttle.request("a", "v")
+    assert refresh_dedup.request("a", "v")
     for member in "bcdef":
-        assert throttle.request(member, "v")
-        assert len(throttle) <= 3
-    assert throttle.request("a", "v2")  # forgotten early to stay within max_members
+        assert refresh_dedup.request(member, "v")
+        assert len(refresh_dedup) <= 3
+    assert refresh_dedup.request("a", "v2")  # forgotten early to stay within max_members
     assert [call[0] for call in requester.calls] == ["a", "a", "b", "c", "d", "e", "f", "a"]
     assert requester.calls[-1] == ("a", "version", "v2")
 

@@ -16,7 +16,7 @@ from limaml.deploy.stack import StackConfig, worker_options
 from limaml.deploy.supervisor import RestartPolicy, Restarts, running, start_time
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.serving.config import ServeConfig
-from limaml.settings import Section, command_line, handed_on, resolve
+from limaml.layered_config import Section, command_line, handed_on, resolve
 from limaml.stream.config import AdaptConfig, StreamConfig
 from limaml.stream.topics import KafkaConfig
 

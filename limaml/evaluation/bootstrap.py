@@ -27,7 +27,7 @@ METRICS = ("auc", "gauc", "log_loss")
 """The metrics every summary reports; higher is better except for log-loss."""
 
 BOOTSTRAP_SEED = 0  # resamples are drawn from this seed, so reruns give the same intervals
-EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] in the log-loss, as in limaml.metrics
+EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] in the log-loss, as in limaml.ranking_metrics
 
 
 @dataclass(frozen=True)

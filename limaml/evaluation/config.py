@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from limaml.settings import Section
+from limaml.layered_config import Section
 
 EVAL_TRAIN_FIELDS = ("epochs", "members_per_batch", "support_size", "query_size", "outer_lr", "pairwise_weight")
 """The TrainConfig fields meta-training reads under evaluation; the rest are set by it."""

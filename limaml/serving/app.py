@@ -16,19 +16,19 @@ from fastapi.responses import JSONResponse
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.stream.refresh import RefreshRequester
 from limaml.serving import ops, v1
-from limaml.serving.active import ActiveVersion
+from limaml.serving.serving_version import ServingVersion
 from limaml.serving.auth import BearerAuth
 from limaml.serving.config import ServeConfig
 from limaml.serving.errors import ServingError
 from limaml.serving.metrics import RequestMetrics, ServeMetrics
 from limaml.serving.store_reads import StoreReads
-from limaml.serving.throttle import RefreshThrottle, Requester
+from limaml.serving.refresh_dedup import RefreshDedup, Requester
 from limaml.stream.topics import KafkaConfig
 
 log = logging.getLogger("limaml.serving")
 
 
-async def poll_active_model(active: ActiveVersion, interval_s: float) -> None:
+async def poll_active_model(active: ServingVersion, interval_s: float) -> None:
     """Check the ACTIVE pointer every `interval_s`; a new version is loaded off the event loop."""
     while True:
         await asyncio.sleep(interval_s)
@@ -59,12 +59,12 @@ def create_app(config: ServeConfig, feast: FeatureStoreConfig, kafka: KafkaConfi
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        active = await asyncio.to_thread(ActiveVersion, config.artifacts_dir, feast)
+        active = await asyncio.to_thread(ServingVersion, config.artifacts_dir, feast)
         sender, owned = requester, None
         if sender is None:
             sender = owned = RefreshRequester(kafka)
         app.state.active = active
-        app.state.throttle = RefreshThrottle(sender, config.refresh_interval_s, config.refresh_max_members)
+        app.state.refresh_dedup = RefreshDedup(sender, config.refresh_interval_s, config.refresh_max_members)
         app.state.store_reads = store_reads = StoreReads(config.store_threads, config.store_timeout_s,
                                                          metrics)
         poller = asyncio.create_task(poll_active_model(active, config.model_poll_s))

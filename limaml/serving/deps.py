@@ -9,11 +9,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from limaml.serving.active import ActiveVersion
+from limaml.serving.serving_version import ServingVersion
 from limaml.serving.config import ServeConfig
 from limaml.serving.metrics import ServeMetrics
 from limaml.serving.store_reads import StoreReads
-from limaml.serving.throttle import RefreshThrottle
+from limaml.serving.refresh_dedup import RefreshDedup
 
 
 async def get_config(request: Request) -> ServeConfig:
@@ -24,12 +24,12 @@ async def get_metrics(request: Request) -> ServeMetrics:
     return request.app.state.metrics
 
 
-async def get_active(request: Request) -> ActiveVersion:
+async def get_active(request: Request) -> ServingVersion:
     return request.app.state.active
 
 
-async def get_throttle(request: Request) -> RefreshThrottle:
-    return request.app.state.throttle
+async def get_refresh_dedup(request: Request) -> RefreshDedup:
+    return request.app.state.refresh_dedup
 
 
 async def get_store_reads(request: Request) -> StoreReads:
@@ -38,6 +38,6 @@ async def get_store_reads(request: Request) -> StoreReads:
 
 ConfigDep = Annotated[ServeConfig, Depends(get_config)]
 MetricsDep = Annotated[ServeMetrics, Depends(get_metrics)]
-ActiveDep = Annotated[ActiveVersion, Depends(get_active)]
-ThrottleDep = Annotated[RefreshThrottle, Depends(get_throttle)]
+ActiveDep = Annotated[ServingVersion, Depends(get_active)]
+RefreshDedupDep = Annotated[RefreshDedup, Depends(get_refresh_dedup)]
 StoreReadsDep = Annotated[StoreReads, Depends(get_store_reads)]

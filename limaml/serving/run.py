@@ -12,7 +12,7 @@ from limaml.artifacts import active_version
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.serving.app import create_app
 from limaml.serving.config import ServeConfig
-from limaml.settings import ConfigError
+from limaml.layered_config import ConfigError
 from limaml.stream.topics import KafkaConfig
 
 STARTUP_FAILED = 3  # uvicorn's exit status when the app's lifespan fails to start

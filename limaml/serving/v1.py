@@ -9,17 +9,17 @@ import orjson
 from fastapi import APIRouter, Response
 from fastapi.exceptions import RequestValidationError
 
-from limaml.serving.active import Served
-from limaml.serving.deps import ActiveDep, ConfigDep, MetricsDep, StoreReadsDep, ThrottleDep
+from limaml.serving.serving_version import ServingModel
+from limaml.serving.deps import ActiveDep, ConfigDep, MetricsDep, StoreReadsDep, RefreshDedupDep
 from limaml.serving.lookup import MemberFeatures
 from limaml.serving.metrics import ServeMetrics
 from limaml.serving.schemas import EmbeddingUsed, ErrorBody, ScoreRequest, ScoreResponse
-from limaml.serving.throttle import EXPIRED, VERSION, RefreshThrottle
+from limaml.serving.refresh_dedup import EXPIRED, VERSION, RefreshDedup
 
 router = APIRouter(prefix="/v1", tags=["scoring"])
 
 
-def choose_embedding(served: Served, member_id: str, features: MemberFeatures, throttle: RefreshThrottle,
+def choose_embedding(served: ServingModel, member_id: str, features: MemberFeatures, refresh_dedup: RefreshDedup,
                      metrics: ServeMetrics, max_age_s: float) -> tuple[np.ndarray, EmbeddingUsed]:
     """The member's stored embedding when the served version made it at most `max_age_s` ago
     (0: at any age), else the prior. An embedding of another version is never paired with this
@@ -42,7 +42,7 @@ def choose_embedding(served: Served, member_id: str, features: MemberFeatures, t
         return stored.vector, EmbeddingUsed(source="adapted", model_version=stored.model_version,
                                             seq=stored.seq, age_s=age_s)
     metrics.embeddings.labels(source=counted).inc()
-    sent = throttle.request(member_id, served.version, reason)
+    sent = refresh_dedup.request(member_id, served.version, reason)
     (metrics.refresh_requests if sent else metrics.refresh_throttled).inc()
     return served.scorer.prior(features.profile), used
 
@@ -50,7 +50,7 @@ def choose_embedding(served: Served, member_id: str, features: MemberFeatures, t
 @router.post("/score", response_model=ScoreResponse,
              responses={503: {"model": ErrorBody,
                                "description": "the online store did not answer in store_timeout_s"}})
-async def score(body: ScoreRequest, active: ActiveDep, throttle: ThrottleDep, metrics: MetricsDep,
+async def score(body: ScoreRequest, active: ActiveDep, refresh_dedup: RefreshDedupDep, metrics: MetricsDep,
                 config: ConfigDep, store_reads: StoreReadsDep) -> Response:
     """Rank the candidates for the member, highest predicted click probability first."""
     # The online-store read runs in the store-read pool, given up on after store_timeout_s
@@ -63,7 +63,7 @@ async def score(body: ScoreRequest, active: ActiveDep, throttle: ThrottleDep, me
                    f"max_candidates), not {len(body.candidates)}"}])
     served = active.current  # one version for the whole request
     features = await store_reads.read(served.lookup, body.member_id)
-    embedding, used = choose_embedding(served, body.member_id, features, throttle, metrics,
+    embedding, used = choose_embedding(served, body.member_id, features, refresh_dedup, metrics,
                                        config.max_embedding_age_s)
     ranking = served.scorer.rank(embedding, body.candidates, body.context)
     unknown = len(ranking.known) - int(np.count_nonzero(ranking.known))

@@ -18,7 +18,7 @@ class Requester(Protocol):
     def request(self, member_id: str, reason: str, model_version: str) -> None: ...
 
 
-class RefreshThrottle:
+class RefreshDedup:
     """Passes a member's request on unless one was passed on less than `interval_s` ago.
 
     Members are remembered in the order they were asked for, so expired entries are dropped
@@ -34,7 +34,7 @@ class RefreshThrottle:
         self._asked: OrderedDict[str, float] = OrderedDict()  # member -> when, oldest first
 
     def request(self, member_id: str, model_version: str, reason: str = VERSION) -> bool:
-        """Ask for `member_id` to be re-adapted under `model_version`; False when throttled."""
+        """Ask for `member_id` to be re-adapted under `model_version`; False when one was asked for recently (a duplicate)."""
         now = self.clock()
         while self._asked and (len(self._asked) >= self.max_members
                                or now - next(iter(self._asked.values())) >= self.interval_s):

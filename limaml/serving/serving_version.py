@@ -15,7 +15,7 @@ from limaml.serving.scorer import VersionScorer
 
 
 @dataclass(frozen=True)
-class Served:
+class ServingModel:
     """One model version's scorer and the read of the features it needs; replaced as a whole,
     so a request never pairs an embedding check of one version with another's global block."""
 
@@ -27,18 +27,18 @@ class Served:
         return self.scorer.version
 
 
-class ActiveVersion(ActiveFollower[Served]):
+class ServingVersion(ActiveFollower[ServingModel]):
     """The scorer and store read of the ACTIVE version (see `ActiveFollower`)."""
 
     def __init__(self, root: Path, feast: FeatureStoreConfig) -> None:
         self.feast = feast
         super().__init__(root)
 
-    def _load(self, version: str, previous: Served | None) -> Served:
+    def _load(self, version: str, previous: ServingModel | None) -> ServingModel:
         scorer = VersionScorer(load_artifact(self.root, version))
         if previous is not None and previous.lookup.profile_fields == scorer.profile_fields:
-            return Served(scorer, previous.lookup)
+            return ServingModel(scorer, previous.lookup)
         # The profile view serves the fields this version's meta block reads (as in the
         # adaptation workers, which open the store the same way).
         store = open_feature_store(replace(self.feast, profile_fields=",".join(scorer.profile_fields)))
-        return Served(scorer, MemberLookup(store, scorer.profile_fields))
+        return ServingModel(scorer, MemberLookup(store, scorer.profile_fields))

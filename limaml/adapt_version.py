@@ -12,7 +12,7 @@ from limaml.encoding import FeatureEncoder
 
 
 @dataclass(frozen=True)
-class ServedModel:
+class AdaptModel:
     """Everything derived from one model version; replaced as a whole, never mutated."""
 
     artifact: Artifact
@@ -24,7 +24,7 @@ class ServedModel:
         return self.artifact.version
 
 
-class ActiveModel(ActiveFollower[ServedModel]):
+class AdaptVersion(ActiveFollower[AdaptModel]):
     """The adaptation worker's engine and encoder of the ACTIVE version (see `ActiveFollower`)."""
 
     def __init__(self, root: Path, device: str | None = None, compile: bool = False,
@@ -43,8 +43,8 @@ class ActiveModel(ActiveFollower[ServedModel]):
         except (ArtifactError, OSError):
             return None
 
-    def _load(self, version: str, previous: ServedModel | None) -> ServedModel:
+    def _load(self, version: str, previous: AdaptModel | None) -> AdaptModel:
         artifact = load_artifact(self.root, version)
         engine = AdaptationEngine(artifact.model, self._device, compile=self._compile,
                                   support_capacity=self._support_capacity)
-        return ServedModel(artifact=artifact, engine=engine, encoder=FeatureEncoder(artifact.schema))
+        return AdaptModel(artifact=artifact, engine=engine, encoder=FeatureEncoder(artifact.schema))
