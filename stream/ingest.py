@@ -194,9 +194,9 @@ class StreamWorker:
     def resume_offsets(self, assigned: Set[TP]) -> dict[TP, int]:
         """Where reading each assigned source partition resumes: after the last event the
         restored table holds (`limaml.stream.source_offsets`)."""
-        offsets = {}
+        source, offsets = self.topics.interactions.get_topic_name(), {}
         for tp in assigned:
-            raw = self.support_sets.get(offset_key(tp.partition)) if tp.topic == self.topics.interactions.get_topic_name() else None
+            raw = self.support_sets.get(offset_key(tp.partition)) if tp.topic == source else None
             if raw is not None:
                 offsets[tp] = decode_offset(raw)
         return offsets
