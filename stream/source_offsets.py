@@ -10,11 +10,11 @@ are gone, so the redelivered events would bring the erased history back.
 
 So each partition's table rows also hold where reading the partition resumes (the offset
 after the last event applied), in a reserved row written after the member rows of the
-events it covers. Changelog records of
-one partition are restored in the order they were written, so whatever prefix of the
-changelog a worker restores, its offset row never claims an event whose member row is not
-restored too. After restoring, the worker seeks each source partition to just past that
-offset (see `faust_client.LowLatencyConsumer.perform_seek`), whatever the group committed.
+events it covers (once per partition per batch). Changelog records of one partition are
+restored in the order they were written, so whatever prefix of the changelog a worker
+restores, its offset row never claims an event whose member row is not restored too.
+After restoring, the worker seeks each source partition to that offset, whatever the group
+committed (`faust_client.LowLatencyConsumer.seek_to_resume_offsets`).
 """
 
 from __future__ import annotations
