@@ -44,7 +44,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +98,8 @@ class Delivered:
 
 
 class Traffic(threading.Thread):
-    """Produces the dataset's events, over and over, at `rate` events/s while not paused."""
+    """Produces the dataset's events, over and over (new event ids each pass), at `rate`
+    events/s while not paused."""
 
     def __init__(self, kafka: KafkaConfig, events: list[InteractionEvent], rate: float) -> None:
         super().__init__(name="traffic", daemon=True)
@@ -128,7 +129,10 @@ class Traffic(threading.Thread):
             if (wait := due - time.monotonic()) > 0:
                 self.producer.poll(min(max(wait, MIN_WAIT_S), 0.1))
                 continue
-            event = self.events[self.sent % len(self.events)]
+            passes, position = divmod(self.sent, len(self.events))
+            event = self.events[position]
+            if passes:  # each pass a new event: the stream worker counts an event id once
+                event = replace(event, event_id=f"{event.event_id}#{passes}")
             try:
                 self.producer.produce(self.topic, key=event.key(), value=event.to_json_bytes(),
                                       on_delivery=self.delivered.record(event))
