@@ -127,11 +127,11 @@ def local_kafka(data_dir: Path, brokers: int = 1) -> Iterator[str]:
 
 
 @contextmanager
-def local_redis(data_dir: Path) -> Iterator[str]:
-    """A private redis-server (no append-only file) started by deploy/redis.sh on a free port;
-    yields its URL."""
+def local_redis(data_dir: Path, **settings: str) -> Iterator[str]:
+    """A private redis-server (no append-only file) started by deploy/redis.sh on a free port,
+    with its other `LIMAML_REDIS_*` `settings` (a password, a TLS pair); yields its URL."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "LIMAML_REDIS_APPENDONLY": "no"}
+    env = {**os.environ, "LIMAML_REDIS_APPENDONLY": "no", **settings}
     started = subprocess.run([str(REDIS_SH), "start", "--data-dir", str(data_dir), "--port", str(free_port())],
                              env=env, capture_output=True, text=True, timeout=60)
     if started.returncode != 0:

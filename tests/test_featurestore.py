@@ -3,9 +3,7 @@ redis-server started with deploy/redis.sh (skipped locally without one, failed u
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,7 +30,6 @@ from limaml.featurestore.config import FeatureStoreConfig
 from limaml.deploy.processes import local_redis
 from limaml.featurestore.store import FINGERPRINT_FILE, open_feature_store, redis_connection_string, render_feature_store_yaml
 
-ROOT = Path(__file__).resolve().parents[1]
 DIM = 8
 SYNTHETIC_FIELDS = "demo_0,demo_1,demo_2"
 NOW_MS = 1_800_000_000_000
@@ -46,10 +43,14 @@ def embedding(member: str, seq: int, model_version: str = "v1", adapted_at: int 
                            newest_produced_at=adapted_at - 200)
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def require_redis() -> None:
     require_component("redis-server", shutil.which("redis-server") is not None,
                       "run `deploy/redis.sh install` (Debian's redis-server) or `brew install redis`")
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    require_redis()
     with local_redis(tmp_path_factory.mktemp("redis")) as url:
         yield url
 
@@ -292,26 +293,11 @@ def test_the_sqlite_online_store_uses_a_write_ahead_log(tmp_path: Path) -> None:
 PASSWORD = "s3cret pass\"word"  # a space and a quote: quoted right all the way to Redis
 
 
-def start_redis(data_dir: Path, **env: str) -> str:
-    """A private redis-server started by deploy/redis.sh with the LIMAML_REDIS_* `env`; its URL."""
-    require_component("redis-server", shutil.which("redis-server") is not None,
-                      "run `deploy/redis.sh install` (Debian's redis-server) or `brew install redis`")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    started = subprocess.run([str(ROOT / "deploy/redis.sh"), "start", "--data-dir", str(data_dir),
-                              "--port", str(port)], env={**os.environ, "LIMAML_REDIS_APPENDONLY": "no", **env},
-                             capture_output=True, text=True, timeout=60)
-    assert started.returncode == 0, started.stderr
-    return started.stdout.strip().removeprefix("REDIS_URL=")
-
-
 @pytest.fixture
 def redis_with_password(tmp_path: Path) -> Iterator[str]:
-    data_dir = tmp_path / "redis"
-    yield start_redis(data_dir, LIMAML_REDIS_PASSWORD=PASSWORD)
-    subprocess.run([str(ROOT / "deploy/redis.sh"), "stop", "--data-dir", str(data_dir)], capture_output=True,
-                   timeout=60, check=True)
+    require_redis()
+    with local_redis(tmp_path / "redis", LIMAML_REDIS_PASSWORD=PASSWORD) as url:
+        yield url
 
 
 def round_trip(config: FeatureStoreConfig, member: str = "m") -> None:
@@ -344,16 +330,12 @@ def test_a_redis_with_a_password_takes_the_right_one_and_refuses_a_wrong_one(
 
 def test_a_rediss_url_checks_the_server_against_the_given_ca(tmp_path: Path) -> None:
     certificates = make_certificates(tmp_path / "tls")
-    data_dir = tmp_path / "redis"
-    url = start_redis(data_dir, LIMAML_REDIS_PASSWORD=PASSWORD, LIMAML_REDIS_TLS_CERT=str(certificates.cert),
-                      LIMAML_REDIS_TLS_KEY=str(certificates.key))
-    try:
+    require_redis()
+    with local_redis(tmp_path / "redis", LIMAML_REDIS_PASSWORD=PASSWORD, LIMAML_REDIS_TLS_CERT=str(certificates.cert),
+                     LIMAML_REDIS_TLS_KEY=str(certificates.key)) as url:
         assert url.startswith("rediss://127.0.0.1:")
         base = FeatureStoreConfig(online_store=url, profile_fields=SYNTHETIC_FIELDS, redis_password=PASSWORD)
         round_trip(replace(base, repo_dir=tmp_path / "trusted", online_store=f"{url}?ssl_ca_certs={certificates.ca}"))
         # A server whose certificate no trusted CA signed is refused (after redis-py's retries).
         with pytest.raises(redis.exceptions.ConnectionError, match="certificate verify failed"):
             round_trip(replace(base, repo_dir=tmp_path / "untrusted"))
-    finally:
-        subprocess.run([str(ROOT / "deploy/redis.sh"), "stop", "--data-dir", str(data_dir)], capture_output=True,
-                       timeout=60, check=True)
