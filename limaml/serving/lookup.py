@@ -25,6 +25,7 @@ class MemberLookup:
     def __init__(self, store: FeatureStore, profile_fields: tuple[str, ...]) -> None:
         self.store = store
         self.profile_fields = profile_fields
+        self._embedding_keys = {name: f"{embeddings.VIEW}__{name}" for name in embeddings.FEATURES}
         self._profile_keys = [f"{profiles.VIEW}__{name}" for name in profile_fields]
         self._references = ([f"{embeddings.VIEW}:{name}" for name in embeddings.FEATURES]
                             + [f"{profiles.VIEW}:{name}" for name in profile_fields])
@@ -37,7 +38,7 @@ class MemberLookup:
         except Exception as error:  # any failure of the store's client: Redis down, a locked file
             raise FeatureStoreUnavailable(f"the online feature store did not answer: {error}") from error
         embedding = MemberEmbedding.from_row(member_id, {
-            name: columns[f"{embeddings.VIEW}__{name}"][0] for name in embeddings.FEATURES})
+            name: columns[key][0] for name, key in self._embedding_keys.items()})
         values = [columns[key][0] for key in self._profile_keys]
         profile = (dict(zip(self.profile_fields, values))
                    if values and values[0] is not None else None)
