@@ -22,17 +22,24 @@ at `--rate` by an idempotent producer that cycles through a synthetic dataset. E
 Throughout, a sample of members' embeddings is read from the online store every second: a
 seq lower than one seen before for the same member is a regression.
 
+`--faults` picks the kinds drawn from (`--faults broker` stops and starts brokers only), and
+`--work-dir` keeps the run's files, the workers' logs (`stream.log`, `adapt.log`) and the
+brokers' (`kafka/node-<id>/logs/server.log`), to see where a recovery's time goes: every
+progress line starts with the UTC time, as the logs' lines do.
+
 Progress goes to stdout, one line per cycle; Ctrl-C (or SIGTERM) ends the run after a
-summary of the cycles completed. The last line is
+summary of the cycles completed, recovery by fault kind included. The last line is
 `cycles=<n> lost=<x> doubled=<y> mismatched=<z> regressed=<r> recovery_p50_s=<a> recovery_p99_s=<b>`.
 
     python bench/chaos.py --cycles 10
     python bench/chaos.py --cycles 100 --brokers 3 --rate 1000 --seed 1
+    python bench/chaos.py --cycles 6 --faults broker --work-dir /tmp/chaos-broker
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import random
 import signal
@@ -76,6 +83,13 @@ STALLED_S = 15.0  # ... or for this long without any member's support set moving
 SAMPLED_MEMBERS = 100  # members whose embedding seq is watched for regressions
 CHECK_THREADS = 8  # concurrent reads of /members/ pages
 MIN_WAIT_S = 0.001  # librdkafka's poll counts whole milliseconds: a shorter wait would spin
+FAULTS = ("stream", "adapt", "broker")  # kill -9 of a worker, or a broker stopped and started
+
+
+def say(line: str) -> None:
+    """A progress line, stamped with the UTC time like the workers' and brokers' logs."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%H:%M:%S.%f")[:-3]
+    print(f"[{stamp}] {line}", flush=True)
 
 
 @dataclass
@@ -206,8 +220,7 @@ class RegressionSampler(threading.Thread):
                     continue
                 if embedding.seq < self.highest.get(member_id, -1):
                     self.regressed += 1
-                    print(f"  regression: {member_id} seq {embedding.seq} after {self.highest[member_id]}",
-                          flush=True)
+                    say(f"  regression: {member_id} seq {embedding.seq} after {self.highest[member_id]}")
                 self.highest[member_id] = max(embedding.seq, self.highest.get(member_id, -1))
             self.reads += 1
 
@@ -238,19 +251,20 @@ class Chaos:
         return Worker(kind, [kind, *kafka_args, "--data-dir", str(self.work / kind), "--web-port", str(port),
                              *extra], port, self.work)
 
-    def faults(self) -> list[str]:
-        return ["stream", "adapt", *(["broker"] if self.brokers >= 3 else [])]
-
     def inject(self, fault: str, workers: dict[str, Worker]) -> str:
         """Apply the fault and undo it at once (restart what was killed); what was done."""
+        started = time.monotonic()
         if fault == "broker":
             node = self.rng.randint(1, self.brokers)
             stop_kafka_node(self.kafka_dir, node)
+            stopped = time.monotonic()
             restart_stopped_kafka_nodes(self.kafka_dir)
-            return f"broker {node} stopped and started"
+            return (f"broker {node} stopped ({stopped - started:.1f} s) and started "
+                    f"({time.monotonic() - stopped:.1f} s)")
         workers[fault].kill()
+        killed = time.monotonic()
         workers[fault].start()
-        return f"kill -9 of the {fault} worker, restarted"
+        return f"kill -9 of the {fault} worker, restarted (serving /metrics after {time.monotonic() - killed:.1f} s)"
 
 
 def read_support_sets(stream: Worker, members: list[str]) -> dict[str, dict | None]:
@@ -297,7 +311,17 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=1000, help="members of the synthetic dataset")
     parser.add_argument("--steady-s", type=float, default=5.0, help="steady stream before each fault")
     parser.add_argument("--seed", type=int, default=0, help="seeds the faults and the sampled members")
+    parser.add_argument("--faults", default=",".join(FAULTS),
+                        help=f"comma-separated fault kinds to draw from: {', '.join(FAULTS)} (broker needs 3 brokers)")
+    parser.add_argument("--work-dir", type=Path, help="keep the run's files and logs here (default: a temporary dir)")
     args = parser.parse_args()
+    faults = [kind.strip() for kind in args.faults.split(",") if kind.strip()]
+    if not faults or not set(faults) <= set(FAULTS):
+        parser.error(f"--faults takes some of {', '.join(FAULTS)}, got {args.faults!r}")
+    if args.brokers < 3:  # a broker stop would leave no replica of its partitions to fail over to
+        if faults == ["broker"]:
+            parser.error("broker faults need --brokers 3")
+        faults = [kind for kind in faults if kind != "broker"]
     # SIGTERM ends the run like Ctrl-C, with the summary of the cycles completed (a background
     # job started by a non-interactive shell ignores SIGINT).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -305,7 +329,11 @@ def main() -> None:
     dataset = f"synthetic:n_members={args.members},n_items=500,mean_events=20,seed={args.seed}"
 
     with ExitStack() as exits:
-        work = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="limaml-chaos-")))
+        if args.work_dir is None:
+            work = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="limaml-chaos-")))
+        else:
+            work = args.work_dir.resolve()
+            work.mkdir(parents=True)  # not an old run's dir: its cluster and logs would mix with this one's
         kafka_dir = work / "kafka"
         bootstrap = exits.enter_context(local_kafka(kafka_dir, brokers=args.brokers))
         replicated = args.brokers >= 3
@@ -331,16 +359,16 @@ def main() -> None:
         sampled = rng.sample(sorted({e.member_id for e in events}), min(SAMPLED_MEMBERS, args.members))
         sampler = RegressionSampler(EmbeddingReader(open_feature_store(feast_config)), sampled)
         sampler.start()
-        print(f"{args.brokers} broker(s) at {bootstrap}, {PARTITIONS} partitions, replication "
-              f"{kafka.replication_factor}; {args.members} members, {args.rate:g} events/s; "
-              f"{os.cpu_count()} cores", flush=True)
+        say(f"{args.brokers} broker(s) at {bootstrap}, {PARTITIONS} partitions, replication "
+            f"{kafka.replication_factor}; {args.members} members, {args.rate:g} events/s; "
+            f"{os.cpu_count()} cores; faults {', '.join(faults)}; files in {work}")
 
         traffic.resume()
         warm_from = time.time()
         warm_s = poll(lambda: watcher.recovery_s(warm_from, time.time()), RECOVERY_TIMEOUT_S,
                       "a fresh steady stream before the first fault", interval_s=0.5)
-        print(f"warm-up: freshness under {FRESH_S:g} s {warm_s:.1f} s after the stream started", flush=True)
-        recoveries: list[float] = []
+        say(f"warm-up: freshness under {FRESH_S:g} s {warm_s:.1f} s after the stream started")
+        recoveries: dict[str, list[float]] = defaultdict(list)
         unrecovered = 0
         check = Check(0, 0, 0)
         bench_started = time.monotonic()
@@ -351,14 +379,15 @@ def main() -> None:
                 traffic.resume()
                 steady_from = time.time()
                 time.sleep(args.steady_s)  # a steady stream before the fault, by design
-                fault = rng.choice(chaos.faults())
+                fault = rng.choice(faults)
                 fault_at = time.time()
                 steady = watcher.ages(steady_from, fault_at)
+                say(f"cycle {cycle}/{args.cycles}: {fault} fault")
                 done = chaos.inject(fault, workers)
                 try:
                     recovery = poll(lambda: watcher.recovery_s(fault_at, time.time()), RECOVERY_TIMEOUT_S,
                                     "freshness back under 2 s", interval_s=0.5)
-                    recoveries.append(recovery)
+                    recoveries[fault].append(recovery)
                     recovered = f"freshness back under {FRESH_S:g} s after {recovery:.1f} s"
                 except TimeoutError:
                     unrecovered += 1
@@ -369,19 +398,23 @@ def main() -> None:
                 check, waited = check_support_sets(workers["stream"], traffic.delivered)
                 before = (f"freshness before it p50 {np.percentile(steady, 50):.2f} s, p99 {np.percentile(steady, 99):.2f} s"
                           if steady else "no embedding written before it")
-                print(f"cycle {cycle}/{args.cycles}: {before}; {done}; {recovered}; {traffic.sent} events so far, support "
-                      f"sets checked after {waited:.1f} s: lost {check.lost}, doubled {check.doubled}, mismatched "
-                      f"{check.mismatched}; regressed {sampler.regressed} ({sampler.reads} samples); cycle took "
-                      f"{time.monotonic() - cycle_started:.0f} s", flush=True)
+                say(f"cycle {cycle}/{args.cycles}: {before}; {done}; {recovered}; {traffic.sent} events so far, support "
+                    f"sets checked after {waited:.1f} s: lost {check.lost}, doubled {check.doubled}, mismatched "
+                    f"{check.mismatched}; regressed {sampler.regressed} ({sampler.reads} samples); cycle took "
+                    f"{time.monotonic() - cycle_started:.0f} s")
                 completed = cycle
         except KeyboardInterrupt:  # Ctrl-C: the summary of the cycles completed
-            print(f"interrupted during cycle {completed + 1}", flush=True)
+            say(f"interrupted during cycle {completed + 1}")
         sampler.done.set()
         watcher.done.set()
-        print(f"{completed} cycles in {(time.monotonic() - bench_started) / 60:.1f} min, {traffic.sent} events; "
-              f"recovery of freshness: {len(recoveries)} cycles recovered, {unrecovered} did not within "
-              f"{RECOVERY_TIMEOUT_S:g} s")
-    p50, p99 = (np.percentile(recoveries, [50, 99]) if recoveries else (float("nan"), float("nan")))
+        recovered_s = [seconds for kind in recoveries.values() for seconds in kind]
+        say(f"{completed} cycles in {(time.monotonic() - bench_started) / 60:.1f} min, {traffic.sent} events; "
+            f"recovery of freshness: {len(recovered_s)} cycles recovered, {unrecovered} did not within "
+            f"{RECOVERY_TIMEOUT_S:g} s")
+        for kind, seconds in sorted(recoveries.items()):
+            say(f"  {kind}: {len(seconds)} recovered, median {np.median(seconds):.1f} s, max {max(seconds):.1f} s "
+                f"({' / '.join(f'{s:.1f}' for s in seconds)})")
+    p50, p99 = (np.percentile(recovered_s, [50, 99]) if recovered_s else (float("nan"), float("nan")))
     print(f"cycles={completed} lost={check.lost} doubled={check.doubled} mismatched={check.mismatched} "
           f"regressed={sampler.regressed} unrecovered={unrecovered} recovery_p50_s={p50:.1f} recovery_p99_s={p99:.1f}")
 
