@@ -56,9 +56,11 @@ def summed(workers: list[Worker], metric: str) -> float:
 
 def group_stable(admin: AdminClient, group: str, members: int) -> bool:
     """Whether the consumer group is stable with `members` members (False while its
-    coordinator is still loading or moving)."""
+    coordinator is still loading or moving, or too busy to answer within 10 s)."""
     try:
         description = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    except TimeoutError:
+        return False
     except KafkaException as error:
         if error.args[0].code() in NOT_READY:
             return False
