@@ -4,8 +4,9 @@ members whose time has come without looking at the others.
 A dict holds each member's current check time and a heap the times in order. A member whose
 time moves leaves its old entry in the heap: an entry is acted on only while it is still the
 member's current time, and the heap is rebuilt from the dict once it holds more than twice
-as many entries. Scanning the dict at every tick instead cost 7 ms a tick at 10,000
-members (load average 20, `bench/member_cost.py`), growing with the number of members.
+as many entries. Scanning the dict at every tick instead cost 0.37 ms of CPU a tick at
+10,000 members with none due and 24 ms at 1,000,000 (a quarter of a core at the
+benchmarks' 0.1 s tick), against 0.006 ms for the heap (2026-11-30, loaded VM).
 """
 
 from __future__ import annotations
