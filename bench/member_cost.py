@@ -21,7 +21,7 @@ re-sent (the adaptation side is measured by bench/adapt_throughput.py). Figures 
 The last line is `m<N>_events_per_s=... m<N>_peak_rss_mb=... m<N>_rocksdb_bytes_per_member=...
 m<N>_changelog_bytes_per_member=...` for every size N.
 
-    python bench/member_cost.py --members 10000              # about a minute
+    python bench/member_cost.py --members 10000   # 1 to 3 minutes at a load average of 10 to 30
     python bench/member_cost.py --members 10000,100000,1000000
 """
 
