@@ -117,29 +117,35 @@ class Stack:
     """One prefix's topics, Feast store, model and workers."""
 
     def __init__(self, bootstrap: str, dataset: str, work: Path, exits: ExitStack,
-                 max_staleness_s: float = 0.5) -> None:
+                 max_staleness_s: float = 0.5, partitions: int = PARTITIONS, serving: bool = True) -> None:
+        """`serving=False` skips the model and the member profiles only an adaptation worker
+        needs (a stream-worker-only benchmark over a large log)."""
         self.dataset = dataset
         self.max_staleness_s = max_staleness_s
         self.log = load_dataset(dataset)
         self.kafka = KafkaConfig(bootstrap=bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:8]}",
-                                 partitions=PARTITIONS)
+                                 partitions=partitions)
         self.work = work / self.kafka.topic_prefix
         self.exits = exits
-        train_model(self.log, self.work / "artifacts")
-        fields = ",".join(sorted(self.log.member_features))
-        write_member_profiles(open_feature_store(FeatureStoreConfig(
-            repo_dir=self.work / "feast", profile_fields=fields)), self.log)
+        if serving:
+            train_model(self.log, self.work / "artifacts")
+            fields = ",".join(sorted(self.log.member_features))
+            write_member_profiles(open_feature_store(FeatureStoreConfig(
+                repo_dir=self.work / "feast", profile_fields=fields)), self.log)
 
     def kafka_args(self) -> list[str]:
         return ["--bootstrap", self.kafka.bootstrap, "--topic-prefix", self.kafka.topic_prefix,
-                "--partitions", str(PARTITIONS)]
+                "--partitions", str(self.kafka.partitions)]
 
-    def start(self, kind: str) -> Worker:
+    def start(self, kind: str, worker_id: str = "0", *options: str) -> Worker:
+        """A `limaml <kind>` worker with further CLI `options`; more than one of a kind need
+        different `worker_id`s."""
         port = free_port()
         extra = (["--artifacts-dir", str(self.work / "artifacts"), "--repo-dir", str(self.work / "feast")]
                  if kind == "adapt" else ["--max-staleness-s", str(self.max_staleness_s), "--check-interval-s", "0.1"])
-        worker = Worker(kind, [kind, *self.kafka_args(), "--data-dir", str(self.work / kind),
-                               "--web-port", str(port), *extra], port, self.work)
+        name = kind if worker_id == "0" else f"{kind}-{worker_id}"
+        worker = Worker(name, [kind, *self.kafka_args(), "--data-dir", str(self.work / kind),
+                               "--worker-id", worker_id, "--web-port", str(port), *extra, *options], port, self.work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.exits.callback(worker.stop)
         return worker.start()

@@ -50,6 +50,7 @@ from faust.types import TP, EventT
 from faust.web import Request, View
 
 from limaml.adapters.events import DeadLetter, InvalidEvent, decode_event
+from limaml.stream.check_times import CheckTimes
 from limaml.stream.config import StreamConfig
 from limaml.stream.dead_letters import send_dead_letter
 from limaml.stream.faust_client import (create_faust_app, drain_changelog_writes_before_commits,
@@ -105,7 +106,7 @@ class StreamWorker:
         self.app, self.topics, self.kafka, self.config, self.metrics = app, topics, kafka, config, metrics
         self.support_sets, self.backfilled = tables.support_sets, tables.backfilled
         self.policy = TriggerPolicy.of(config)
-        self.check_times: dict[str, float] = {}
+        self.check_times = CheckTimes()
         """member_id -> when the member may come due without a new event (see `next_check`), for
         the members of this worker's partitions: kept by `store()`, rebuilt from the support
         sets after every rebalance. Not a table of its own: its changelog writes cost the
@@ -126,11 +127,7 @@ class StreamWorker:
     def store(self, member_id: str, state: SupportSet) -> None:
         """Write the new state, and index its check time."""
         self.support_sets[member_id] = state.dumps()
-        check_at = next_check(state, self.policy)
-        if check_at is None:
-            self.check_times.pop(member_id, None)
-        else:
-            self.check_times[member_id] = check_at
+        self.check_times.set(member_id, next_check(state, self.policy))
 
     def request(self, member_id: str, state: SupportSet, reason: str, now: float) -> None:
         """Put an adapt request for `state` in the producer buffer."""
@@ -264,7 +261,7 @@ class StreamWorker:
         member_id = request.member_id
         if member_id in self.support_sets:
             del self.support_sets[member_id]
-        self.check_times.pop(member_id, None)
+        self.check_times.set(member_id, None)
         self.timer_sent.pop(member_id, None)
         self.topics.adapt_requests.send_soon(key=member_id, value=erasure_of(
             member_id, request.request_id, request.requested_at))
@@ -279,9 +276,7 @@ class StreamWorker:
         for count, (member_id, raw) in enumerate(self.support_sets.items(), start=1):
             if not is_member_key(member_id):
                 continue
-            check_at = next_check(SupportSet.loads(raw), self.policy)
-            if check_at is not None:
-                self.check_times[member_id] = check_at
+            self.check_times.set(member_id, next_check(SupportSet.loads(raw), self.policy))
             if count % BACKFILL_CHUNK == 0:
                 await asyncio.sleep(0)  # let the timer and the web views run
 
@@ -289,7 +284,7 @@ class StreamWorker:
         """The timer: send the requests of the members whose check time has come, and a note
         of each to the member's owner."""
         now = time.time()
-        due = {member_id: check_at for member_id, check_at in self.check_times.items() if check_at <= now}
+        due = self.check_times.due_at(now)
         for member_id in set(self.timer_sent) - set(due):
             del self.timer_sent[member_id]
         for member_id, check_at in due.items():

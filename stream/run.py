@@ -2,7 +2,8 @@
 
 Each worker imports only its own app's module: the adaptation worker's pulls in Feast and
 torch, about 13 of the 15 s a stream worker took to import both on the loaded 2-core machine
-(`python -X importtime`), all of it in the restart after a crash (bench/chaos.py).
+(`python -X importtime`), all of it in the restart after a crash (bench/chaos.py), and about
+680 MiB of its resident memory (749 MiB against 66 MiB after the imports).
 """
 
 from __future__ import annotations

@@ -51,3 +51,13 @@ def test_no_commands_help_imports_torch(command: str) -> None:
     assert "torch" not in imported
     if command in LIGHT_HELP:
         assert imported == []
+
+
+def test_the_stream_workers_code_imports_neither_torch_nor_feast() -> None:
+    """`limaml stream` runs `limaml.stream.run`: the adaptation worker's torch and Feast would
+    add about 680 MiB to each stream worker's resident memory (bench/member_cost.py)."""
+    probe = (f"import json, sys; import limaml.stream.run; "
+             f"print(json.dumps(sorted(name for name in {HEAVY!r} if name in sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    imported = json.loads(result.stdout.splitlines()[-1])
+    assert "torch" not in imported and "feast" not in imported
