@@ -4,12 +4,15 @@ model; the refresh requester is the only stand-in (the Kafka path is in the inte
 from __future__ import annotations
 
 import hmac
+import json
 import os
 import shutil
 import signal
 import sqlite3
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -31,7 +34,7 @@ from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import SQLITE_PATH, open_feature_store
 from certificates import make_certificates
 from conftest import require_component
-from limaml.deploy.processes import free_port, poll
+from limaml.deploy.processes import Worker, free_port, poll
 from limaml.serving.app import create_app
 from limaml.serving.config import ServeConfig
 from limaml.serving.run import check_certificate
@@ -432,6 +435,9 @@ def redis_feast(tmp_path: Path, redis_server: RedisServer, dataset: InteractionL
 
 
 STORE_TIMEOUT_S = 1.0
+SERVE_STOP_S = 15.0
+"""A stopping service waits for no store read, which may never return: it exits in the time
+the interpreter takes to tear torch and Feast down (seconds on a loaded machine)."""
 T = TypeVar("T")
 
 
@@ -505,6 +511,51 @@ def test_a_redis_down_at_startup_gives_503_until_it_is_up(
         assert client.get("/healthz").status_code == 200
     assert body["member_id"] == member and body["embedding"]["source"] == "prior"
 
+
+def serve_process(artifacts: Path, feast: FeatureStoreConfig, log_dir: Path) -> Worker:
+    """`limaml serve` on a free port (no broker: its refresh requests are only queued)."""
+    port = free_port()
+    return Worker("serve", ["serve", "--port", str(port), "--artifacts-dir", str(artifacts),
+                            "--repo-dir", str(feast.repo_dir), "--online-store", feast.online_store,
+                            "--store-timeout-s", str(STORE_TIMEOUT_S), "--bootstrap", f"127.0.0.1:{free_port()}"],
+                  port, log_dir)
+
+
+def post_score(serve: Worker, member_id: str) -> int:
+    """The status of a scoring request to the `serve` process."""
+    request = urllib.request.Request(f"http://127.0.0.1:{serve.web_port}/v1/score", method="POST",
+                                     data=json.dumps({"member_id": member_id, "candidates": ["i1"]}).encode(),
+                                     headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=STORE_TIMEOUT_S + 5) as reply:
+            return reply.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_serve_stops_at_once_while_its_reads_wait_for_a_stalled_redis(
+        stop: signal.Signals, artifacts: Path, dataset: InteractionLog, redis_server: RedisServer,
+        redis_feast: FeatureStoreConfig, tmp_path: Path) -> None:
+    serve = serve_process(artifacts, redis_feast, tmp_path).start()
+    try:
+        member = members(dataset)["cold"]
+        assert post_score(serve, member) == 200
+        redis_server.signal(signal.SIGSTOP)
+        assert post_score(serve, member) == 503  # its read thread now waits for Redis
+        assert serve.process is not None
+        serve.process.send_signal(stop)
+        try:
+            code = serve.process.wait(timeout=SERVE_STOP_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"limaml serve still runs {SERVE_STOP_S} s after {stop.name}:\n{serve.log_tail(20)}")
+        # uvicorn ends its shutdown by raising the signal that asked for it again: SIGTERM
+        # then kills the process; `limaml serve` ends a Ctrl-C with status 130.
+        assert code == {signal.SIGTERM: -signal.SIGTERM, signal.SIGINT: 130}[stop], serve.log_tail(20)
+        assert "Application shutdown complete" in serve.log_tail(5) and "Traceback" not in serve.log_tail(5)
+    finally:
+        redis_server.signal(signal.SIGCONT)
+        serve.stop()
 
 TOKEN = "t0ken-" + "x" * 26
 
