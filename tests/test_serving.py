@@ -31,7 +31,7 @@ from limaml.data import InteractionLog
 from limaml.featurestore.embeddings import EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
-from limaml.featurestore.store import SQLITE_PATH, open_feature_store
+from limaml.featurestore.store import REGISTRY_PATH, SQLITE_PATH, open_feature_store
 from certificates import make_certificates
 from conftest import require_component
 from limaml.deploy.processes import Worker, free_port, poll
@@ -521,16 +521,20 @@ def serve_process(artifacts: Path, feast: FeatureStoreConfig, log_dir: Path) -> 
                   port, log_dir)
 
 
-def post_score(serve: Worker, member_id: str) -> int:
-    """The status of a scoring request to the `serve` process."""
-    request = urllib.request.Request(f"http://127.0.0.1:{serve.web_port}/v1/score", method="POST",
-                                     data=json.dumps({"member_id": member_id, "candidates": ["i1"]}).encode(),
+def status_of(serve: Worker, path: str, body: dict | None = None) -> int:
+    """The HTTP status of a GET (a POST of `body`) to the `serve` process."""
+    request = urllib.request.Request(f"http://127.0.0.1:{serve.web_port}{path}", method="POST" if body else "GET",
+                                     data=json.dumps(body).encode() if body else None,
                                      headers={"content-type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=STORE_TIMEOUT_S + 5) as reply:
             return reply.status
     except urllib.error.HTTPError as error:
         return error.code
+
+
+def post_score(serve: Worker, member_id: str) -> int:
+    return status_of(serve, "/v1/score", {"member_id": member_id, "candidates": ["i1"]})
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
@@ -555,6 +559,24 @@ def test_serve_stops_at_once_while_its_reads_wait_for_a_stalled_redis(
         assert "Application shutdown complete" in serve.log_tail(5) and "Traceback" not in serve.log_tail(5)
     finally:
         redis_server.signal(signal.SIGCONT)
+        serve.stop()
+
+
+def test_serve_starts_on_a_fresh_repo_while_redis_is_down_and_scores_once_it_is_up(
+        artifacts: Path, dataset: InteractionLog, redis_server: RedisServer, tmp_path: Path) -> None:
+    """Applying the Feast repo writes the registry file only, so a first start needs no Redis."""
+    redis_server.stop()
+    feast = FeatureStoreConfig(repo_dir=tmp_path / "fresh-feast", online_store=redis_server.url)
+    serve = serve_process(artifacts, feast, tmp_path).start()
+    try:
+        assert (feast.repo_dir / REGISTRY_PATH).is_file()  # applied while Redis was down
+        member = members(dataset)["cold"]
+        assert (status_of(serve, "/healthz"), post_score(serve, member)) == (503, 503)
+        redis_server.start()
+        poll(lambda: post_score(serve, member) == 200, 10, "scoring to work once Redis is up",
+             describe=lambda: serve.log_tail(10))
+        assert status_of(serve, "/healthz") == 200
+    finally:
         serve.stop()
 
 TOKEN = "t0ken-" + "x" * 26
