@@ -30,11 +30,12 @@ from typing import Any
 import feast
 import pyarrow as pa
 import pyarrow.parquet as pq
+import redis.exceptions
 from feast import Entity, FeatureStore, FeatureView, FileSource, PushSource
 from feast.type_map import feast_value_type_to_pa
 
 from limaml.featurestore.config import FeatureStoreConfig, without_password
-from limaml.layered_config import read_secret
+from limaml.layered_config import ConfigError, read_secret
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,22 @@ _FEAST_OBJECTS = (Entity, FeatureView, FileSource, PushSource)
 REDIS_TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 """The query options a rediss:// URL may carry (redis-py's names): a private CA, a client
 certificate and key, and whether the server's certificate is checked ("required", the default)."""
+
+
+class OnlineStoreUnavailable(ConfigError):
+    """The Redis online store did not answer (down, or out of reach): the CLI reports it in
+    one line, not as a traceback."""
+
+
+@contextmanager
+def online_store_answering(config: FeatureStoreConfig) -> Iterator[None]:
+    """Raise redis-py's connection errors as an OnlineStoreUnavailable that names the store
+    (its password masked) and what to do."""
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+        raise OnlineStoreUnavailable(f"the online store {config.shown_online_store} did not answer ({error}): "
+                                     "start it, or set online_store to a server that runs") from None
 
 
 def open_feature_store(config: FeatureStoreConfig) -> FeatureStore:
@@ -79,7 +96,8 @@ def open_feature_store(config: FeatureStoreConfig) -> FeatureStore:
         for source in objects:
             if isinstance(source, FileSource):
                 _seed_batch_source(repo / source.path, _source_schema(source, objects))
-        store.apply(objects)
+        with online_store_answering(config):  # Redis is touched only to delete a removed view's rows
+            store.apply(objects)
         if config.online_store == "sqlite":
             _use_write_ahead_log(repo / SQLITE_PATH)
         fingerprint_path.write_text(fingerprint)

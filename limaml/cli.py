@@ -251,13 +251,14 @@ def run_profiles(args: argparse.Namespace) -> int:
     from limaml.adapters.registry import load_dataset
     from limaml.featurestore.config import FeatureStoreConfig
     from limaml.featurestore.profiles import write_member_profiles
-    from limaml.featurestore.store import open_feature_store
+    from limaml.featurestore.store import online_store_answering, open_feature_store
 
     settings = resolve(profiles_sections(), args.config, args)
     log_data = load_dataset(ProfilesConfig(**settings["profiles"]).dataset)
     config = FeatureStoreConfig(**settings["feast"] | {
         "profile_fields": ",".join(sorted(log_data.member_features))})
-    written = write_member_profiles(open_feature_store(config), log_data)
+    with online_store_answering(config):
+        written = write_member_profiles(open_feature_store(config), log_data)
     emit({"dataset": log_data.name, "profiles": written, "repo_dir": str(config.repo_dir),
           "online_store": config.shown_online_store})
     return 0

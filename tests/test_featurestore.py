@@ -27,7 +27,8 @@ from limaml.featurestore import embeddings
 from limaml.featurestore.embeddings import EmbeddingReader, EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import read_member_profiles, write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
-from limaml.deploy.processes import local_redis
+from limaml.cli import main
+from limaml.deploy.processes import free_port, local_redis
 from limaml.featurestore.store import FINGERPRINT_FILE, open_feature_store, redis_connection_string, render_feature_store_yaml
 
 DIM = 8
@@ -339,3 +340,14 @@ def test_a_rediss_url_checks_the_server_against_the_given_ca(tmp_path: Path) -> 
         # A server whose certificate no trusted CA signed is refused (after redis-py's retries).
         with pytest.raises(redis.exceptions.ConnectionError, match="certificate verify failed"):
             round_trip(replace(base, repo_dir=tmp_path / "untrusted"))
+
+
+def test_writing_profiles_to_a_redis_that_is_down_fails_in_one_line_that_names_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    url = f"redis://:pw-{'x' * 12}@127.0.0.1:{free_port()}/0"  # nothing listens there
+    assert main(["profiles", "--dataset", "synthetic:n_members=5,n_items=5,seed=1",
+                 "--repo-dir", str(tmp_path / "feast"), "--online-store", url]) == 2
+    errors = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1 and not errors[0].exc_info  # one line, no traceback
+    assert errors[0].getMessage().startswith(f"the online store {url.replace('pw-' + 'x' * 12, '***')} did not answer")
+    assert "pw-" not in caplog.text

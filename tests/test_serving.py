@@ -4,12 +4,15 @@ model; the refresh requester is the only stand-in (the Kafka path is in the inte
 from __future__ import annotations
 
 import hmac
+import json
 import os
 import shutil
 import signal
 import sqlite3
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -28,10 +31,10 @@ from limaml.data import InteractionLog
 from limaml.featurestore.embeddings import EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
-from limaml.featurestore.store import SQLITE_PATH, open_feature_store
+from limaml.featurestore.store import REGISTRY_PATH, SQLITE_PATH, open_feature_store
 from certificates import make_certificates
 from conftest import require_component
-from limaml.deploy.processes import free_port, poll
+from limaml.deploy.processes import Worker, free_port, poll
 from limaml.serving.app import create_app
 from limaml.serving.config import ServeConfig
 from limaml.serving.run import check_certificate
@@ -432,6 +435,9 @@ def redis_feast(tmp_path: Path, redis_server: RedisServer, dataset: InteractionL
 
 
 STORE_TIMEOUT_S = 1.0
+SERVE_STOP_S = 15.0
+"""A stopping service waits for no store read, which may never return: it exits in the time
+the interpreter takes to tear torch and Feast down (seconds on a loaded machine)."""
 T = TypeVar("T")
 
 
@@ -607,3 +613,72 @@ def test_a_certificate_that_does_not_load_stops_the_start_with_a_clear_error(tmp
             check_certificate(str(certfile), str(keyfile))
     with pytest.raises(ValueError, match="both ssl_certfile and ssl_keyfile"):
         ServeConfig(ssl_certfile=str(certificates.cert))
+
+
+# The `limaml serve` processes: last, as they take long and the module's stored embeddings age.
+def serve_process(artifacts: Path, feast: FeatureStoreConfig, log_dir: Path) -> Worker:
+    """`limaml serve` on a free port (no broker: its refresh requests are only queued)."""
+    port = free_port()
+    return Worker("serve", ["serve", "--port", str(port), "--artifacts-dir", str(artifacts),
+                            "--repo-dir", str(feast.repo_dir), "--online-store", feast.online_store,
+                            "--store-timeout-s", str(STORE_TIMEOUT_S), "--bootstrap", f"127.0.0.1:{free_port()}"],
+                  port, log_dir)
+
+
+def status_of(serve: Worker, path: str, body: dict | None = None) -> int:
+    """The HTTP status of a GET (a POST of `body`) to the `serve` process."""
+    request = urllib.request.Request(f"http://127.0.0.1:{serve.web_port}{path}", method="POST" if body else "GET",
+                                     data=json.dumps(body).encode() if body else None,
+                                     headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=STORE_TIMEOUT_S + 5) as reply:
+            return reply.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def post_score(serve: Worker, member_id: str) -> int:
+    return status_of(serve, "/v1/score", {"member_id": member_id, "candidates": ["i1"]})
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_serve_stops_at_once_while_its_reads_wait_for_a_stalled_redis(
+        stop: signal.Signals, artifacts: Path, dataset: InteractionLog, redis_server: RedisServer,
+        redis_feast: FeatureStoreConfig, tmp_path: Path) -> None:
+    serve = serve_process(artifacts, redis_feast, tmp_path).start()
+    try:
+        member = members(dataset)["cold"]
+        assert post_score(serve, member) == 200
+        redis_server.signal(signal.SIGSTOP)
+        assert post_score(serve, member) == 503  # its read thread now waits for Redis
+        assert serve.process is not None
+        serve.process.send_signal(stop)
+        try:
+            code = serve.process.wait(timeout=SERVE_STOP_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"limaml serve still runs {SERVE_STOP_S} s after {stop.name}:\n{serve.log_tail(20)}")
+        # uvicorn ends its shutdown by raising the signal that asked for it again: SIGTERM
+        # then kills the process; `limaml serve` ends a Ctrl-C with status 130.
+        assert code == {signal.SIGTERM: -signal.SIGTERM, signal.SIGINT: 130}[stop], serve.log_tail(20)
+        assert "Application shutdown complete" in serve.log_tail(5) and "Traceback" not in serve.log_tail(5)
+    finally:
+        redis_server.signal(signal.SIGCONT)
+        serve.stop()
+
+
+def test_serve_starts_on_a_fresh_repo_while_redis_is_down_and_scores_once_it_is_up(
+        artifacts: Path, dataset: InteractionLog, redis_server: RedisServer, tmp_path: Path) -> None:
+    """Applying the Feast repo writes the registry file only, so a first start needs no Redis."""
+    redis_server.stop()
+    feast = FeatureStoreConfig(repo_dir=tmp_path / "fresh-feast", online_store=redis_server.url)
+    serve = serve_process(artifacts, feast, tmp_path).start()
+    try:
+        assert (feast.repo_dir / REGISTRY_PATH).is_file()  # applied while Redis was down
+        member = members(dataset)["cold"]
+        assert (status_of(serve, "/healthz"), post_score(serve, member)) == (503, 503)
+        redis_server.start()
+        poll(lambda: post_score(serve, member) == 200, 10, "scoring to work once Redis is up",
+             describe=lambda: serve.log_tail(10))
+        assert status_of(serve, "/healthz") == 200
+    finally:
+        serve.stop()

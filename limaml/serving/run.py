@@ -16,6 +16,7 @@ from limaml.layered_config import ConfigError
 from limaml.stream.topics import KafkaConfig
 
 STARTUP_FAILED = 3  # uvicorn's exit status when the app's lifespan fails to start
+STOPPED_BY_CTRL_C = 130  # 128 + SIGINT, as a shell reports it
 
 
 def check_certificate(certfile: str, keyfile: str) -> None:
@@ -40,5 +41,8 @@ def run_serve(kafka: KafkaConfig, config: ServeConfig, feast: FeatureStoreConfig
         access_log=False, server_header=False, log_config=None,  # logs go through limaml's logging
         timeout_graceful_shutdown=config.shutdown_timeout_s,
         ssl_certfile=config.ssl_certfile or None, ssl_keyfile=config.ssl_keyfile or None))
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn raises a Ctrl-C again once it has shut down
+        return STOPPED_BY_CTRL_C
     return 0 if server.started else STARTUP_FAILED

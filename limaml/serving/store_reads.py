@@ -12,17 +12,24 @@ The default timeout, 0.5 s, is about 50 times a read's p99 on a busy 2-core mach
 and it leaves a caller with a typical 1 s budget the time to fall back to something else.
 8 threads serve several hundred reads a second at that p99; a stalled store holds at most
 those 8, and they return when it does.
+
+The threads are daemon threads of this pool, not a `ThreadPoolExecutor`'s: Python joins an
+executor's threads at exit, so a read stuck on a stalled store would hold a stopping
+service until the store answered. A daemon thread is dropped at exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 from limaml.serving.errors import FeatureStoreUnavailable
 from limaml.serving.lookup import MemberFeatures, MemberLookup
 from limaml.serving.metrics import ServeMetrics
+
+Read = tuple[Future[MemberFeatures], MemberLookup, str]
 
 
 class StoreReads:
@@ -30,8 +37,10 @@ class StoreReads:
         self.threads = threads
         self.timeout_s = timeout_s
         self.metrics = metrics
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="store-read")
         self._free = threading.BoundedSemaphore(threads)  # taken per read until its thread returns
+        self._reads: queue.SimpleQueue[Read | None] = queue.SimpleQueue()  # None: a thread's stop
+        for index in range(threads):
+            threading.Thread(target=self._serve, name=f"store-read-{index}", daemon=True).start()
 
     async def read(self, lookup: MemberLookup, member_id: str) -> MemberFeatures:
         """`lookup.read(member_id)` in the pool; FeatureStoreUnavailable after the timeout,
@@ -42,8 +51,9 @@ class StoreReads:
                 f"the online feature store did not answer: all {self.threads} store reads are "
                 f"still waiting for it")
         self.metrics.store_reads_in_flight.inc()
-        running = self._executor.submit(lookup.read, member_id)
+        running: Future[MemberFeatures] = Future()
         running.add_done_callback(self._release)
+        self._reads.put((running, lookup, member_id))
         try:
             return await asyncio.wait_for(asyncio.wrap_future(running), self.timeout_s)
         except TimeoutError:
@@ -55,6 +65,17 @@ class StoreReads:
         self.metrics.store_reads_in_flight.dec()
         self._free.release()
 
+    def _serve(self) -> None:
+        while (read := self._reads.get()) is not None:
+            running, lookup, member_id = read
+            if not running.set_running_or_notify_cancel():
+                continue  # its request gave up before a thread was free
+            try:
+                running.set_result(lookup.read(member_id))
+            except BaseException as error:
+                running.set_exception(error)
+
     def close(self) -> None:
-        """Stop taking reads; threads still waiting for the store are not waited for."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the idle threads; threads still waiting for the store are not waited for."""
+        for _ in range(self.threads):
+            self._reads.put(None)

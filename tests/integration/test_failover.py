@@ -10,13 +10,16 @@ member's support set must hold, each exactly once.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource
+from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, NewTopic, PartitionMetadata
 
 from limaml.adapters.events import InteractionEvent, events_from_log
 from limaml.adapters.replay import ReplayConfig
@@ -28,9 +31,11 @@ from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.store import open_feature_store
 from limaml.deploy.processes import (Worker, local_kafka, poll, restart_stopped_kafka_nodes,
                               stop_kafka_node)
+from limaml.stream.faust_client import create_faust_app
 from limaml.stream.topics import KafkaConfig, ensure_topics
 
-from .conftest import TOPIC_READY_TIMEOUT_S, delete_topics_with_prefix, embeddings_behind, events_in_topic
+from .conftest import (TOPIC_READY_TIMEOUT_S, delete_topics_with_prefix, embeddings_behind, events_in_topic,
+                       records_in_topic, wait_for_topics)
 from .test_pipeline import Pipeline, events_by_member, support_sets_match
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -55,6 +60,11 @@ class Cluster:
 
     def start_stopped_brokers(self) -> None:
         restart_stopped_kafka_nodes(self.data_dir)
+
+    def signal_broker(self, node: int, number: signal.Signals) -> None:
+        """Send a signal to one broker's process: SIGSTOP freezes it (its replication too),
+        SIGCONT resumes it, SIGKILL kills it with no controlled shutdown."""
+        os.kill(int((self.data_dir / f"node-{node}" / "kafka.pid").read_text()), number)
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +215,87 @@ def test_a_stream_worker_joining_and_leaving_mid_stream_loses_and_doubles_nothin
     poll(lambda: support_sets_match(first, events_by_member(events), behind), 120,
          "every member's support set to hold each of its events once",
          describe=lambda: f"(seq, expected) of members behind: {behind}; worker log:\n{first.log_tail(20)}")
+
+
+ACKS_RECORDS = 20
+ALONE_WAIT_S = 2.0  # an acks=1 write is acknowledged in milliseconds: time enough to see one
+FAILOVER_TIMEOUT_S = 90.0  # the controller fences the killed leader after its 9 s session, then elects
+
+
+async def produce_while_the_leader_dies(kafka: KafkaConfig, topic: str, freeze_followers: Callable[[], None],
+                                        kill_leader_and_thaw_followers: Callable[[], None]) -> tuple[set[bytes], set[bytes]]:
+    """Send `ACKS_RECORDS` records through the Faust app producer every limaml worker writes
+    with, while the partition's followers are frozen; then kill the leader. The records
+    acknowledged before the kill, and those acknowledged by the end."""
+    producer = create_faust_app(kafka, "acks").producer
+    await producer.start()
+    try:
+        await (await producer.send(topic, None, b"warm-up", 0, None, None))  # connected, leader known
+        freeze_followers()
+        sends = {f"r{index}".encode(): await producer.send(topic, None, f"r{index}".encode(), 0, None, None)
+                 for index in range(ACKS_RECORDS)}
+        await asyncio.wait(sends.values(), timeout=ALONE_WAIT_S)
+        acknowledged_alone = {value for value, sent in sends.items() if sent.done() and not sent.exception()}
+        kill_leader_and_thaw_followers()
+        await asyncio.wait(sends.values(), timeout=FAILOVER_TIMEOUT_S)
+        acknowledged = {value for value, sent in sends.items() if sent.done() and not sent.exception()}
+    finally:
+        await producer.stop()
+    return acknowledged_alone, acknowledged
+
+
+def test_an_acknowledged_write_survives_the_kill_9_of_its_leader(cluster: Cluster) -> None:
+    """acks=all (`PRODUCER_ACKS`): a write is acknowledged only once `min.insync.replicas`
+    copies have it, so no acknowledged write is lost with its leader.
+
+    The followers are frozen (SIGSTOP) first, so only the leader can take the writes. With
+    acks=1 it acknowledges them alone; killed with kill -9 (no controlled shutdown to hand
+    them over), it takes them along, and a thawed follower, in sync when frozen, becomes
+    the leader without them. With acks=all nothing is acknowledged until a new leader and
+    its follower hold the retried writes."""
+    kafka = KafkaConfig(bootstrap=cluster.bootstrap, topic_prefix=f"a{uuid.uuid4().hex[:10]}",
+                        partitions=1, replication_factor=REPLICATION_FACTOR,
+                        min_insync_replicas=MIN_INSYNC_REPLICAS)
+    topic = f"{kafka.topic_prefix}.acks"
+    admin = AdminClient(kafka.client_config())
+    admin.create_topics([NewTopic(topic, 1, REPLICATION_FACTOR, config=kafka.topic_config)])[topic].result(
+        timeout=TOPIC_READY_TIMEOUT_S)
+    wait_for_topics(admin, [topic])
+
+    def partition() -> PartitionMetadata:
+        return admin.list_topics(topic, timeout=TOPIC_READY_TIMEOUT_S).topics[topic].partitions[0]
+
+    def in_sync_everywhere() -> PartitionMetadata | None:
+        found = partition()
+        return found if len(found.isrs) == REPLICATION_FACTOR else None
+
+    in_sync = poll(in_sync_everywhere, 30, "every replica in sync", describe=lambda: f"{partition()}")
+    leader = in_sync.leader
+    followers = [node for node in in_sync.replicas if node != leader]
+    frozen: list[int] = []
+
+    def freeze_followers() -> None:
+        for node in followers:
+            cluster.signal_broker(node, signal.SIGSTOP)
+            frozen.append(node)
+
+    def kill_leader_and_thaw_followers() -> None:
+        cluster.signal_broker(leader, signal.SIGKILL)
+        while frozen:
+            cluster.signal_broker(frozen.pop(), signal.SIGCONT)
+
+    try:
+        alone, acknowledged = asyncio.run(produce_while_the_leader_dies(
+            kafka, topic, freeze_followers, kill_leader_and_thaw_followers))
+        poll(lambda: partition().leader not in (-1, leader), FAILOVER_TIMEOUT_S,
+             f"a new leader in place of broker {leader}", describe=lambda: f"{partition()}")
+        readable = {record.value() for record in records_in_topic(cluster.bootstrap, topic, 1)}
+    finally:
+        while frozen:
+            cluster.signal_broker(frozen.pop(), signal.SIGCONT)
+        cluster.start_stopped_brokers()
+        delete_topics_with_prefix(cluster.bootstrap, kafka.topic_prefix)
+    assert not acknowledged - readable, \
+        f"acknowledged, then lost with leader {leader}: {sorted(acknowledged - readable)}"
+    assert not alone, f"acknowledged by leader {leader} alone while its followers were frozen: {sorted(alone)}"
+    assert len(acknowledged) == ACKS_RECORDS, "the producer did not recover from the failover"
