@@ -53,7 +53,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from limaml.adapters.events import InteractionEvent, events_from_log
 from limaml.adapters.registry import load_dataset
 from limaml.artifacts import FeatureSchema, save_artifact
-from limaml.config import default_tunables
+from limaml.model_config import default_tunables
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.featurestore.profiles import write_member_profiles

@@ -37,7 +37,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 from limaml.adapters.registry import load_dataset
 from limaml.adapters.replay import ReplayConfig, run_replay
 from limaml.artifacts import FeatureSchema, save_artifact
-from limaml.config import default_tunables
+from limaml.model_config import default_tunables
 from limaml.data import InteractionLog
 from limaml.deploy.telemetry import Buckets, buckets, parse_metrics, quantile, subtract, total
 from limaml.featurestore.profiles import write_member_profiles

@@ -41,7 +41,7 @@ import numpy as np
 
 from limaml.adapters.registry import load_dataset
 from limaml.artifacts import FeatureSchema, save_artifact
-from limaml.config import default_tunables
+from limaml.model_config import default_tunables
 from limaml.featurestore import embeddings, profiles
 from limaml.featurestore.embeddings import EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import write_member_profiles
