@@ -43,7 +43,7 @@ from limaml.deploy.telemetry import Buckets, buckets, parse_metrics, quantile, s
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
-from limaml.deploy.processes import Worker, free_port, local_kafka, poll
+from limaml.deploy.processes import ChildProcess, free_port, local_kafka, poll
 from limaml.featurestore.embeddings import MemberEmbedding
 from limaml.stream.topics import KafkaConfig, TopicNames
 from limaml.train import TrainConfig, meta_train
@@ -134,11 +134,11 @@ class Stack:
         return ["--bootstrap", self.kafka.bootstrap, "--topic-prefix", self.kafka.topic_prefix,
                 "--partitions", str(PARTITIONS)]
 
-    def start(self, kind: str) -> Worker:
+    def start(self, kind: str) -> ChildProcess:
         port = free_port()
         extra = (["--artifacts-dir", str(self.work / "artifacts"), "--repo-dir", str(self.work / "feast")]
                  if kind == "adapt" else ["--max-staleness-s", str(self.max_staleness_s), "--check-interval-s", "0.1"])
-        worker = Worker(kind, [kind, *self.kafka_args(), "--data-dir", str(self.work / kind),
+        worker = ChildProcess(kind, [kind, *self.kafka_args(), "--data-dir", str(self.work / kind),
                                "--web-port", str(port), *extra], port, self.work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.exits.callback(worker.stop)
@@ -165,7 +165,7 @@ STAGES = {"ingest_lag_s": ("stream", "limaml_stream_ingest_lag_seconds"),
           "batch_size": ("adapt", "limaml_adapt_batch_size")}
 
 
-def scrape_stages(workers: dict[str, Worker]) -> dict[str, tuple[float, float, Buckets]]:
+def scrape_stages(workers: dict[str, ChildProcess]) -> dict[str, tuple[float, float, Buckets]]:
     """(sum, count, buckets) of each stage's Prometheus histogram now."""
     scrapes = {kind: parse_metrics((worker.get("/metrics") or b"").decode()) for kind, worker in workers.items()}
     return {stage: (total(scrapes[kind], f"{name}_sum"), total(scrapes[kind], f"{name}_count"),
@@ -173,7 +173,7 @@ def scrape_stages(workers: dict[str, Worker]) -> dict[str, tuple[float, float, B
             for stage, (kind, name) in STAGES.items()}
 
 
-def all_answered(stream: Worker, adapt: Worker) -> bool:
+def all_answered(stream: ChildProcess, adapt: ChildProcess) -> bool:
     requests = stream.metric("limaml_stream_adapt_requests_total")
     served = adapt.metric("limaml_adapt_embeddings_total") + adapt.metric("limaml_adapt_skipped_stale_total")
     return adapt.metric("limaml_adapt_batch_size_count") > 0 and requests <= served

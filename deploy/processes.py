@@ -203,7 +203,7 @@ def stop_all(targets: list[Target], timeout_s: float, hurry: Hurry = lambda: Fal
     return [(target.name, ended[target.name]) for target in targets]
 
 
-class Worker:
+class ChildProcess:
     """One `limaml <command>` process with its log in a file."""
 
     def __init__(self, name: str, args: list[str], web_port: int, log_dir: Path,
@@ -215,7 +215,7 @@ class Worker:
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def spawn(self) -> Worker:
+    def spawn(self) -> ChildProcess:
         """Start the process in its own session, without waiting for it to answer."""
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen([LIMAML, *self.args], stdout=log, stderr=subprocess.STDOUT,
@@ -223,7 +223,7 @@ class Worker:
                                             start_new_session=True)
         return self
 
-    def start(self) -> Worker:
+    def start(self) -> ChildProcess:
         """Start the process and wait until it serves /metrics."""
         self.spawn()
         poll(lambda: self.ensure_alive() and self.get("/metrics") is not None, 120,

@@ -26,7 +26,7 @@ from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.store import open_feature_store
-from limaml.deploy.processes import (Worker, local_kafka, poll, restart_stopped_kafka_nodes,
+from limaml.deploy.processes import (ChildProcess, local_kafka, poll, restart_stopped_kafka_nodes,
                               stop_kafka_node)
 from limaml.stream.topics import KafkaConfig, ensure_topics
 
@@ -116,11 +116,11 @@ def stop_replay(replay: ReplayThread, pipeline: Pipeline, dataset: InteractionLo
     return list({event.event_id: event for event in reversed(held)}.values())[::-1]  # first copies, in order
 
 
-def applied(worker: Worker) -> float:
+def applied(worker: ChildProcess) -> float:
     return worker.metric("limaml_stream_events_total")
 
 
-def wait_for_progress(worker: Worker, events: float, what: str) -> None:
+def wait_for_progress(worker: ChildProcess, events: float, what: str) -> None:
     """Until `worker` applied `events` events in all: the stream is flowing."""
     poll(lambda: worker.ensure_alive() and applied(worker) >= events, 120, what,
          describe=lambda: f"{applied(worker)} events applied; log:\n{worker.log_tail(15)}")

@@ -19,7 +19,7 @@ from limaml.data import InteractionLog
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.store import open_feature_store
-from limaml.deploy.processes import LIMAML, Worker, bootstrap_of, child_env, free_port, free_port_run, poll, run_kafka_sh
+from limaml.deploy.processes import LIMAML, ChildProcess, bootstrap_of, child_env, free_port, free_port_run, poll, run_kafka_sh
 from limaml.stream.topics import KafkaConfig, KafkaConnectionError, connect_admin, ensure_topics
 
 from .test_pipeline import DATASET, PARTITIONS, Pipeline  # noqa: F401 - DATASET names the module's log
@@ -59,9 +59,9 @@ class SecuredPipeline(Pipeline):
     def kafka_args(self) -> list[str]:
         return [*super().kafka_args(), *security_args(self.kafka)]
 
-    def scoring_service(self) -> Worker:
+    def scoring_service(self) -> ChildProcess:
         port = free_port()
-        worker = Worker("serve", ["serve", *self.kafka_args(), "--port", str(port),
+        worker = ChildProcess("serve", ["serve", *self.kafka_args(), "--port", str(port),
                                   "--artifacts-dir", str(self.artifacts), "--repo-dir", str(self.feast_dir)],
                         port, self.work_dir)
         self.workers.append(worker)

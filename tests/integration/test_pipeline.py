@@ -32,7 +32,7 @@ from limaml.stream.source_offsets import is_member_key
 from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics, member_partition
 
 from .conftest import delete_topics_with_prefix, read_dead_letters, records_in_topic
-from limaml.deploy.processes import Worker, free_port, poll
+from limaml.deploy.processes import ChildProcess, free_port, poll
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -48,7 +48,7 @@ class Pipeline:
     artifacts: Path
     feast_dir: Path
     work_dir: Path
-    workers: list[Worker] = field(default_factory=list)
+    workers: list[ChildProcess] = field(default_factory=list)
     online_store: str = "sqlite"  # the adaptation workers' [feast] online_store
 
     @property
@@ -59,9 +59,9 @@ class Pipeline:
         return ["--bootstrap", self.kafka.bootstrap, "--topic-prefix", self.kafka.topic_prefix,
                 "--partitions", str(self.kafka.partitions)]
 
-    def stream_worker(self, worker_id: str = "0", max_staleness_s: float = 1.0) -> Worker:
+    def stream_worker(self, worker_id: str = "0", max_staleness_s: float = 1.0) -> ChildProcess:
         port = free_port()
-        worker = Worker(f"stream-{worker_id}", [
+        worker = ChildProcess(f"stream-{worker_id}", [
             "stream", *self.kafka_args(), "--worker-id", worker_id,
             "--data-dir", str(self.work_dir / "stream"), "--web-port", str(port),
             "--support-size", str(SUPPORT_SIZE), "--min-new-signals", str(MIN_NEW_SIGNALS),
@@ -69,9 +69,9 @@ class Pipeline:
         self.workers.append(worker)
         return worker.start()
 
-    def adapt_worker(self) -> Worker:
+    def adapt_worker(self) -> ChildProcess:
         port = free_port()
-        worker = Worker("adapt", [
+        worker = ChildProcess("adapt", [
             "adapt", *self.kafka_args(), "--artifacts-dir", str(self.artifacts),
             "--repo-dir", str(self.feast_dir), "--online-store", self.online_store,
             "--data-dir", str(self.work_dir / "adapt"),
@@ -114,7 +114,7 @@ def events_by_member(events: list[InteractionEvent]) -> dict[str, list[Interacti
     return grouped
 
 
-def support_sets_match(worker: Worker, expected: dict[str, list[InteractionEvent]],
+def support_sets_match(worker: ChildProcess, expected: dict[str, list[InteractionEvent]],
                        behind: dict[str, object]) -> bool:
     """True once every member's table row holds exactly its events; fails on over-counting.
     `behind` collects the members still short of their events."""
@@ -218,7 +218,7 @@ def test_events_in_embeddings_out_and_stale_requests_never_regress_them(
                           f"{adapt.log_tail(15)}")
 
 
-def requests_sent(stream: Worker, reason: str) -> float:
+def requests_sent(stream: ChildProcess, reason: str) -> float:
     """The stream worker's adapt requests sent for `reason`."""
     scrape = parse_metrics((stream.get("/metrics") or b"").decode())
     return total(scrape, "limaml_stream_adapt_requests_total", reason=reason)

@@ -29,7 +29,7 @@ from limaml.adapters.registry import load_dataset
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.store import open_feature_store
-from limaml.deploy.processes import LIMAML, Worker, free_port, poll
+from limaml.deploy.processes import LIMAML, ChildProcess, free_port, poll
 from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -100,13 +100,13 @@ def test_tokens_https_and_a_redis_password_guard_the_pipeline_and_no_secret_leak
     feast_args = ["--repo-dir", str(feast_dir), "--online-store", redis_url]
     ports = {name: free_port() for name in TOKENS}
     workers = {  # -v: debug logging, the most a log could give away
-        "stream": Worker("stream", ["-v", "stream", *kafka_args, "--data-dir", str(tmp_path / "stream"),
+        "stream": ChildProcess("stream", ["-v", "stream", *kafka_args, "--data-dir", str(tmp_path / "stream"),
                                     "--web-port", str(ports["stream"]), "--min-new-signals", "3",
                                     "--max-staleness-s", "1", "--check-interval-s", "0.2"], ports["stream"], tmp_path),
-        "adapt": Worker("adapt", ["-v", "adapt", *kafka_args, *feast_args, "--artifacts-dir", str(artifacts),
+        "adapt": ChildProcess("adapt", ["-v", "adapt", *kafka_args, *feast_args, "--artifacts-dir", str(artifacts),
                                   "--data-dir", str(tmp_path / "adapt"), "--web-port", str(ports["adapt"]),
                                   "--device", "cpu"], ports["adapt"], tmp_path),
-        "serve": Worker("serve", ["-v", "serve", *kafka_args, *feast_args, "--port", str(ports["serve"]),
+        "serve": ChildProcess("serve", ["-v", "serve", *kafka_args, *feast_args, "--port", str(ports["serve"]),
                                   "--artifacts-dir", str(artifacts), "--ssl-certfile", str(certificates.cert),
                                   "--ssl-keyfile", str(certificates.key)], ports["serve"], tmp_path),
     }

@@ -21,7 +21,7 @@ from limaml.data import InteractionLog
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
-from limaml.deploy.processes import Worker, free_port, poll
+from limaml.deploy.processes import ChildProcess, free_port, poll
 from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
 
 from .conftest import delete_topics_with_prefix
@@ -46,15 +46,15 @@ def stack(kafka_bootstrap: str, dataset: InteractionLog, tmp_path: Path) -> Iter
                   "--partitions", str(PARTITIONS)]
     ports = {name: free_port() for name in ("stream", "adapt", "serve")}
     workers = {
-        "stream": Worker("stream", ["stream", *kafka_args, "--data-dir", str(tmp_path / "stream"),
+        "stream": ChildProcess("stream", ["stream", *kafka_args, "--data-dir", str(tmp_path / "stream"),
                                     "--web-port", str(ports["stream"]), "--min-new-signals", "3",
                                     "--max-staleness-s", "1", "--check-interval-s", "0.2"],
                          ports["stream"], tmp_path),
-        "adapt": Worker("adapt", ["adapt", *kafka_args, "--artifacts-dir", str(artifacts),
+        "adapt": ChildProcess("adapt", ["adapt", *kafka_args, "--artifacts-dir", str(artifacts),
                                   "--repo-dir", str(feast_dir), "--data-dir", str(tmp_path / "adapt"),
                                   "--web-port", str(ports["adapt"]), "--device", "cpu"],
                         ports["adapt"], tmp_path),
-        "serve": Worker("serve", ["serve", *kafka_args, "--port", str(ports["serve"]),
+        "serve": ChildProcess("serve", ["serve", *kafka_args, "--port", str(ports["serve"]),
                                   "--artifacts-dir", str(artifacts), "--repo-dir", str(feast_dir),
                                   "--model-poll-s", "0.2"], ports["serve"], tmp_path),
     }
@@ -69,7 +69,7 @@ def stack(kafka_bootstrap: str, dataset: InteractionLog, tmp_path: Path) -> Iter
         delete_topics_with_prefix(kafka_bootstrap, kafka.topic_prefix)  # also the workers' changelogs
 
 
-def score(serve: Worker, member_id: str, items: list[str]) -> dict:
+def score(serve: ChildProcess, member_id: str, items: list[str]) -> dict:
     request = urllib.request.Request(
         f"http://127.0.0.1:{serve.web_port}/v1/score", method="POST",
         data=json.dumps({"member_id": member_id, "candidates": items}).encode(),
