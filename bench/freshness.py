@@ -1,6 +1,6 @@
 """End-to-end freshness and stream-worker throughput on this machine.
 
-A real broker (deploy/kafka.sh, or KAFKA_BOOTSTRAP), one stream worker and one adaptation
+A real broker (deploy/kafka.sh, or LIMAML_KAFKA_BOOTSTRAP), one stream worker and one adaptation
 worker (`limaml stream`, `limaml adapt`) with the SQLite Feast store. Three phases:
 
 1. raw: a bare confluent-kafka consumer reads a backlog of N events (the baseline);
@@ -43,7 +43,7 @@ from limaml.deploy.telemetry import Buckets, buckets, parse_metrics, quantile, s
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
-from limaml.deploy.processes import ChildProcess, free_port, local_kafka, poll
+from limaml.deploy.processes import BOOTSTRAP_VARIABLE, ChildProcess, free_port, local_kafka, poll
 from limaml.featurestore.embeddings import MemberEmbedding
 from limaml.stream.topics import KafkaConfig, TopicNames
 from limaml.train import TrainConfig, meta_train
@@ -238,7 +238,7 @@ def main() -> None:
 
     with ExitStack() as exits:
         work = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="limaml-bench-")))
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP") or exits.enter_context(local_kafka(work / "kafka"))
+        bootstrap = os.environ.get(BOOTSTRAP_VARIABLE) or exits.enter_context(local_kafka(work / "kafka"))
         print(f"broker {bootstrap}, {PARTITIONS} partitions, {os.cpu_count()} cores")
 
         print(f"synthetic log of {members:,} members; stream worker --max-staleness-s {args.max_staleness_s:g}")

@@ -34,6 +34,7 @@ KAFKA_SH = DEPLOY_DIR / "kafka.sh"
 REDIS_SH = DEPLOY_DIR / "redis.sh"
 KAFKA_START_TIMEOUT_S = 300  # a cold jar download plus a broker start on a busy 2-core machine
 KAFKA_STOP_TIMEOUT_S = 60
+BOOTSTRAP_VARIABLE = "LIMAML_KAFKA_BOOTSTRAP"  # [kafka] bootstrap's; deploy/kafka.sh start prints it
 PROMETHEUS_MULTIPROCESS_VARS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
 T = TypeVar("T")
 Hurry = Callable[[], bool]
@@ -92,11 +93,11 @@ def start_kafka(data_dir: Path, brokers: int = 1) -> str:
 
 
 def bootstrap_of(result: subprocess.CompletedProcess[str]) -> str:
-    """The address in the KAFKA_BOOTSTRAP= line deploy/kafka.sh start printed."""
+    """The address in the LIMAML_KAFKA_BOOTSTRAP= line deploy/kafka.sh start printed."""
     bootstrap = next((line.split("=", 1)[1].strip() for line in result.stdout.splitlines()
-                      if line.startswith("KAFKA_BOOTSTRAP=")), None)
+                      if line.startswith(f"{BOOTSTRAP_VARIABLE}=")), None)
     if bootstrap is None:
-        raise RuntimeError(f"deploy/kafka.sh start printed no KAFKA_BOOTSTRAP line:\n{result.stdout}")
+        raise RuntimeError(f"deploy/kafka.sh start printed no {BOOTSTRAP_VARIABLE} line:\n{result.stdout}")
     return bootstrap
 
 

@@ -2,7 +2,7 @@
 
 ``kafka_bootstrap`` is the bootstrap address of a running broker for the whole session:
 
-* if ``KAFKA_BOOTSTRAP`` is set (CI, or a broker you started yourself with
+* if ``LIMAML_KAFKA_BOOTSTRAP`` is set (CI, or a broker you started yourself with
   ``deploy/kafka.sh start``), that broker is used and left running;
 * otherwise ``deploy/kafka.sh start`` starts a private single-node KRaft broker on a free
   port with a temporary data dir, and ``deploy/kafka.sh stop`` ends it after the session.
@@ -28,7 +28,7 @@ from limaml.adapters.events import DeadLetter, InteractionEvent, decode_event
 from limaml.adapters.registry import load_dataset
 from limaml.data import InteractionLog
 from limaml.featurestore.embeddings import EmbeddingReader
-from limaml.deploy.processes import local_kafka, poll
+from limaml.deploy.processes import BOOTSTRAP_VARIABLE, local_kafka, poll
 
 TOPIC_READY_TIMEOUT_S = 30.0
 
@@ -38,7 +38,7 @@ class KafkaBroker:
     """The session's broker: its address and, when this session started it, its data dir."""
 
     bootstrap: str
-    data_dir: Path | None  # None: an external broker named by KAFKA_BOOTSTRAP
+    data_dir: Path | None  # None: an external broker named by LIMAML_KAFKA_BOOTSTRAP
 
 
 def _wait_for_cluster(bootstrap: str, timeout_s: float = 30.0) -> None:
@@ -47,14 +47,14 @@ def _wait_for_cluster(bootstrap: str, timeout_s: float = 30.0) -> None:
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
-        raise RuntimeError(f"no Kafka broker answers at KAFKA_BOOTSTRAP={bootstrap}: {exc}") from exc
+        raise RuntimeError(f"no Kafka broker answers at {BOOTSTRAP_VARIABLE}={bootstrap}: {exc}") from exc
     if not metadata.brokers:
         raise RuntimeError(f"Kafka at {bootstrap} reports no brokers")
 
 
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    external = os.environ.get("KAFKA_BOOTSTRAP", "").strip()
+    external = os.environ.get(BOOTSTRAP_VARIABLE, "").strip()
     if external:
         _wait_for_cluster(external)
         yield KafkaBroker(bootstrap=external, data_dir=None)

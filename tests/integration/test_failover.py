@@ -59,7 +59,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A private three-broker cluster (never KAFKA_BOOTSTRAP's: its brokers are stopped here)."""
+    """A private three-broker cluster (never LIMAML_KAFKA_BOOTSTRAP's: its brokers are stopped here)."""
     data_dir = tmp_path_factory.mktemp("kafka-cluster")
     with local_kafka(data_dir, brokers=BROKERS) as bootstrap:
         yield Cluster(bootstrap, data_dir)
