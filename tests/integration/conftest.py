@@ -27,7 +27,10 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from limaml.adapters.events import DeadLetter, InteractionEvent, decode_event
 from limaml.adapters.registry import load_dataset
 from limaml.data import InteractionLog
+from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.embeddings import EmbeddingReader
+from limaml.featurestore.profiles import write_member_profiles
+from limaml.featurestore.store import open_feature_store
 from limaml.deploy.processes import BOOTSTRAP_VARIABLE, local_kafka, poll
 
 TOPIC_READY_TIMEOUT_S = 30.0
@@ -75,6 +78,13 @@ def dataset(request: pytest.FixtureRequest) -> InteractionLog:
 def kafka_bootstrap(kafka_broker: KafkaBroker) -> str:
     """``bootstrap.servers`` of the session's Kafka broker, e.g. ``127.0.0.1:9092``."""
     return kafka_broker.bootstrap
+
+
+def write_profiles(dataset: InteractionLog, repo_dir: Path, **store: str) -> None:
+    """The dataset's member profiles in a Feast repo at `repo_dir`, as `limaml profiles` writes
+    them; `store`: the online store's FeatureStoreConfig settings (default: SQLite)."""
+    config = FeatureStoreConfig(repo_dir=repo_dir, profile_fields=",".join(sorted(dataset.member_features)), **store)
+    write_member_profiles(open_feature_store(config), dataset)
 
 
 def wait_for_topics(admin: AdminClient, names: list[str], timeout_s: float = TOPIC_READY_TIMEOUT_S) -> None:

@@ -39,8 +39,7 @@ def stream(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
     pipeline = Pipeline(kafka, artifacts=tmp_path / "artifacts", feast_dir=tmp_path / "feast",
                         work_dir=tmp_path)
     yield pipeline
-    for worker in pipeline.workers:
-        worker.stop()
+    pipeline.stop_workers()
     delete_topics_with_prefix(kafka_bootstrap, kafka.topic_prefix)  # also the workers' changelogs
 
 

@@ -52,8 +52,7 @@ def pipeline(kafka_bootstrap: str, artifacts: Path, dataset: InteractionLog, onl
     pipeline = Pipeline(kafka, artifacts, tmp_path / "feast", tmp_path, online_store=online_store)
     write_member_profiles(open_feature_store(feast_config(pipeline, dataset)), dataset)
     yield pipeline
-    for worker in pipeline.workers:
-        worker.stop()
+    pipeline.stop_workers()
     delete_topics_with_prefix(kafka_bootstrap, kafka.topic_prefix)
 
 

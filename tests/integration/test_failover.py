@@ -24,13 +24,12 @@ from limaml.data import InteractionLog
 from limaml.deploy.replayer import ReplayThread
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.embeddings import EmbeddingReader
-from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.store import open_feature_store
 from limaml.deploy.processes import (ChildProcess, local_kafka, poll, restart_stopped_kafka_nodes,
                               stop_kafka_node)
-from limaml.stream.topics import KafkaConfig, ensure_topics
+from limaml.stream.topics import KafkaConfig
 
-from .conftest import TOPIC_READY_TIMEOUT_S, delete_topics_with_prefix, embeddings_behind, events_in_topic
+from .conftest import TOPIC_READY_TIMEOUT_S, embeddings_behind, events_in_topic
 from .test_pipeline import Pipeline, events_by_member, support_sets_match
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -79,17 +78,9 @@ def pipeline(cluster: Cluster, artifacts: Path, dataset: InteractionLog,
     kafka = KafkaConfig(bootstrap=cluster.bootstrap, topic_prefix=f"f{uuid.uuid4().hex[:10]}",
                         partitions=PARTITIONS, replication_factor=REPLICATION_FACTOR,
                         min_insync_replicas=MIN_INSYNC_REPLICAS)
-    ensure_topics(kafka)
-    feast_dir = tmp_path / "feast"
-    fields = ",".join(sorted(dataset.member_features))
-    write_member_profiles(open_feature_store(FeatureStoreConfig(repo_dir=feast_dir,
-                                                                profile_fields=fields)), dataset)
-    pipeline = ReplicatedPipeline(kafka, artifacts, feast_dir, tmp_path)
-    yield pipeline
-    for worker in pipeline.workers:
-        worker.stop()
-    cluster.start_stopped_brokers()  # a failed test may have left one down
-    delete_topics_with_prefix(cluster.bootstrap, kafka.topic_prefix)  # also the workers' changelogs
+    with ReplicatedPipeline.running(kafka, artifacts, dataset, tmp_path) as pipeline:
+        yield pipeline
+        cluster.start_stopped_brokers()  # a failed test may have left one down: its topics are deleted next
 
 
 def start_replay(pipeline: Pipeline, dataset: InteractionLog) -> ReplayThread:

@@ -18,13 +18,10 @@ from conftest import save_tiny_model
 from limaml.adapters.events import InteractionEvent, events_from_log
 from limaml.artifacts import load_artifact, save_artifact
 from limaml.data import InteractionLog
-from limaml.featurestore.profiles import write_member_profiles
-from limaml.featurestore.config import FeatureStoreConfig
-from limaml.featurestore.store import open_feature_store
 from limaml.deploy.processes import ChildProcess, free_port, poll
 from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
 
-from .conftest import delete_topics_with_prefix
+from .conftest import delete_topics_with_prefix, write_profiles
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -38,8 +35,7 @@ def stack(kafka_bootstrap: str, dataset: InteractionLog, tmp_path: Path) -> Iter
     artifacts = tmp_path / "artifacts"
     save_tiny_model(artifacts, dataset)
     feast_dir = tmp_path / "feast"
-    write_member_profiles(open_feature_store(FeatureStoreConfig(
-        repo_dir=feast_dir, profile_fields=",".join(sorted(dataset.member_features)))), dataset)
+    write_profiles(dataset, feast_dir)
     kafka = KafkaConfig(bootstrap=kafka_bootstrap, topic_prefix=f"s{uuid.uuid4().hex[:10]}", partitions=PARTITIONS)
     ensure_topics(kafka)
     kafka_args = ["--bootstrap", kafka.bootstrap, "--topic-prefix", kafka.topic_prefix,
