@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from limaml.adaptation import AdaptationEngine, MemberSupport, SupportBatch
-from limaml.config import ModelConfig
 from limaml.model import LiMAML
+from limaml.model_config import ModelConfig
 from limaml.reference import naive_adapt
 
 FIELD_CARDINALITIES = (8, 3, 22, 11)  # MovieLens-like: age band, gender, occupation, zip region

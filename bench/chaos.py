@@ -60,12 +60,12 @@ from confluent_kafka import KafkaError, Message, Producer
 from limaml.adapters.events import InteractionEvent, events_from_log
 from limaml.adapters.registry import load_dataset
 from limaml.artifacts import FeatureSchema, save_artifact
-from limaml.config import default_tunables
+from limaml.model_config import default_tunables
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.store import open_feature_store
-from limaml.deploy.processes import (Worker, free_port, local_kafka, poll, restart_stopped_kafka_nodes,
+from limaml.deploy.processes import (ChildProcess, free_port, local_kafka, poll, restart_stopped_kafka_nodes,
                               stop_kafka_node)
 from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
 from limaml.train import TrainConfig, meta_train
@@ -240,7 +240,7 @@ class Chaos:
         self.brokers = brokers
         self.rng = rng
 
-    def worker(self, kind: str, artifacts: Path, feast: Path) -> Worker:
+    def worker(self, kind: str, artifacts: Path, feast: Path) -> ChildProcess:
         port = free_port()
         kafka_args = ["--bootstrap", self.kafka.bootstrap, "--topic-prefix", self.kafka.topic_prefix,
                       "--partitions", str(PARTITIONS), "--replication-factor", str(self.kafka.replication_factor),
@@ -248,10 +248,10 @@ class Chaos:
         extra = (["--artifacts-dir", str(artifacts), "--repo-dir", str(feast), "--device", "cpu"]
                  if kind == "adapt" else
                  ["--support-size", str(SUPPORT_SIZE), "--max-staleness-s", "0.5", "--check-interval-s", "0.1"])
-        return Worker(kind, [kind, *kafka_args, "--data-dir", str(self.work / kind), "--web-port", str(port),
+        return ChildProcess(kind, [kind, *kafka_args, "--data-dir", str(self.work / kind), "--web-port", str(port),
                              *extra], port, self.work)
 
-    def inject(self, fault: str, workers: dict[str, Worker]) -> str:
+    def inject(self, fault: str, workers: dict[str, ChildProcess]) -> str:
         """Apply the fault and undo it at once (restart what was killed); what was done."""
         started = time.monotonic()
         if fault == "broker":
@@ -267,12 +267,12 @@ class Chaos:
         return f"kill -9 of the {fault} worker, restarted (serving /metrics after {time.monotonic() - killed:.1f} s)"
 
 
-def read_support_sets(stream: Worker, members: list[str]) -> dict[str, dict | None]:
+def read_support_sets(stream: ChildProcess, members: list[str]) -> dict[str, dict | None]:
     with ThreadPoolExecutor(CHECK_THREADS) as pool:
         return dict(zip(members, pool.map(lambda m: stream.get_json(f"/members/{m}/"), members)))
 
 
-def check_support_sets(stream: Worker, delivered: Delivered) -> tuple[Check, float]:
+def check_support_sets(stream: ChildProcess, delivered: Delivered) -> tuple[Check, float]:
     """Wait until every member's support set holds what was delivered (or stops moving);
     what differs then, and the seconds waited."""
     started = time.monotonic()

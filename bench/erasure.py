@@ -1,6 +1,6 @@
 """Erasure time under load: `limaml forget` from request to every store clean.
 
-A real broker (deploy/kafka.sh, or KAFKA_BOOTSTRAP), one stream worker and one adaptation
+A real broker (deploy/kafka.sh, or LIMAML_KAFKA_BOOTSTRAP), one stream worker and one adaptation
 worker with the SQLite Feast store, as in bench/freshness.py. Members of their own ("victims",
 not in the replayed log, so no background event brings them back) get a few events each and
 their embeddings; then the synthetic log is replayed at a sustained rate while victims are
@@ -33,7 +33,7 @@ from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.featurestore.store import open_feature_store
 from limaml.stream.forget import forget_members
-from limaml.deploy.processes import local_kafka, poll
+from limaml.deploy.processes import BOOTSTRAP_VARIABLE, local_kafka, poll
 from limaml.stream.topics import PRODUCER_PARTITIONER, TopicNames
 
 VICTIM_EVENTS = 6  # more than the stream worker's min_new_signals: adapted at once
@@ -70,7 +70,7 @@ def main() -> None:
 
     with ExitStack() as exits:
         work = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="limaml-bench-")))
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP") or exits.enter_context(local_kafka(work / "kafka"))
+        bootstrap = os.environ.get(BOOTSTRAP_VARIABLE) or exits.enter_context(local_kafka(work / "kafka"))
         print(f"broker {bootstrap}, {os.cpu_count()} cores")
         stack = Stack(bootstrap, synthetic, work, exits)
         stream, adapt = stack.start("stream"), stack.start("adapt")

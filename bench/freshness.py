@@ -1,6 +1,6 @@
 """End-to-end freshness and stream-worker throughput on this machine.
 
-A real broker (deploy/kafka.sh, or KAFKA_BOOTSTRAP), one stream worker and one adaptation
+A real broker (deploy/kafka.sh, or LIMAML_KAFKA_BOOTSTRAP), one stream worker and one adaptation
 worker (`limaml stream`, `limaml adapt`) with the SQLite Feast store. Three phases:
 
 1. raw: a bare confluent-kafka consumer reads a backlog of N events (the baseline);
@@ -37,13 +37,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 from limaml.adapters.registry import load_dataset
 from limaml.adapters.replay import ReplayConfig, run_replay
 from limaml.artifacts import FeatureSchema, save_artifact
-from limaml.config import default_tunables
+from limaml.model_config import default_tunables
 from limaml.data import InteractionLog
 from limaml.deploy.telemetry import Buckets, buckets, parse_metrics, quantile, subtract, total
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
-from limaml.deploy.processes import Worker, free_port, local_kafka, poll
+from limaml.deploy.processes import BOOTSTRAP_VARIABLE, ChildProcess, free_port, local_kafka, poll
 from limaml.featurestore.embeddings import MemberEmbedding
 from limaml.stream.topics import KafkaConfig, TopicNames
 from limaml.train import TrainConfig, meta_train
@@ -137,14 +137,14 @@ class Stack:
         return ["--bootstrap", self.kafka.bootstrap, "--topic-prefix", self.kafka.topic_prefix,
                 "--partitions", str(self.kafka.partitions)]
 
-    def start(self, kind: str, worker_id: str = "0", *options: str) -> Worker:
+    def start(self, kind: str, worker_id: str = "0", *options: str) -> ChildProcess:
         """A `limaml <kind>` worker with further CLI `options`; more than one of a kind need
         different `worker_id`s."""
         port = free_port()
         extra = (["--artifacts-dir", str(self.work / "artifacts"), "--repo-dir", str(self.work / "feast")]
                  if kind == "adapt" else ["--max-staleness-s", str(self.max_staleness_s), "--check-interval-s", "0.1"])
         name = kind if worker_id == "0" else f"{kind}-{worker_id}"
-        worker = Worker(name, [kind, *self.kafka_args(), "--data-dir", str(self.work / kind),
+        worker = ChildProcess(name, [kind, *self.kafka_args(), "--data-dir", str(self.work / kind),
                                "--worker-id", worker_id, "--web-port", str(port), *extra, *options], port, self.work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.exits.callback(worker.stop)
@@ -171,7 +171,7 @@ STAGES = {"ingest_lag_s": ("stream", "limaml_stream_ingest_lag_seconds"),
           "batch_size": ("adapt", "limaml_adapt_batch_size")}
 
 
-def scrape_stages(workers: dict[str, Worker]) -> dict[str, tuple[float, float, Buckets]]:
+def scrape_stages(workers: dict[str, ChildProcess]) -> dict[str, tuple[float, float, Buckets]]:
     """(sum, count, buckets) of each stage's Prometheus histogram now."""
     scrapes = {kind: parse_metrics((worker.get("/metrics") or b"").decode()) for kind, worker in workers.items()}
     return {stage: (total(scrapes[kind], f"{name}_sum"), total(scrapes[kind], f"{name}_count"),
@@ -179,7 +179,7 @@ def scrape_stages(workers: dict[str, Worker]) -> dict[str, tuple[float, float, B
             for stage, (kind, name) in STAGES.items()}
 
 
-def all_answered(stream: Worker, adapt: Worker) -> bool:
+def all_answered(stream: ChildProcess, adapt: ChildProcess) -> bool:
     requests = stream.metric("limaml_stream_adapt_requests_total")
     served = adapt.metric("limaml_adapt_embeddings_total") + adapt.metric("limaml_adapt_skipped_stale_total")
     return adapt.metric("limaml_adapt_batch_size_count") > 0 and requests <= served
@@ -244,7 +244,7 @@ def main() -> None:
 
     with ExitStack() as exits:
         work = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="limaml-bench-")))
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP") or exits.enter_context(local_kafka(work / "kafka"))
+        bootstrap = os.environ.get(BOOTSTRAP_VARIABLE) or exits.enter_context(local_kafka(work / "kafka"))
         print(f"broker {bootstrap}, {PARTITIONS} partitions, {os.cpu_count()} cores")
 
         print(f"synthetic log of {members:,} members; stream worker --max-staleness-s {args.max_staleness_s:g}")

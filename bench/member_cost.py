@@ -2,7 +2,7 @@
 
 For each size, a synthetic log with about 5 events per member (`mean_events=5`, lognormal
 activity, at least 1) is replayed unpaced into a fresh prefix on a one-node broker
-(deploy/kafka.sh, or KAFKA_BOOTSTRAP with --broker-data-dir), and one stream worker
+(deploy/kafka.sh, or LIMAML_KAFKA_BOOTSTRAP with --broker-data-dir), and one stream worker
 (`limaml stream`, 4 partitions) applies the whole backlog. No adaptation worker runs, so the
 worker is started with a request timeout longer than the run: an unanswered request is not
 re-sent (the adaptation side is measured by bench/adapt_throughput.py). Figures per size:
@@ -38,7 +38,7 @@ from pathlib import Path
 import psutil
 
 from freshness import Stack
-from limaml.deploy.processes import Worker, local_kafka, poll
+from limaml.deploy.processes import BOOTSTRAP_VARIABLE, ChildProcess, local_kafka, poll
 
 EVENTS_PER_MEMBER = 5
 SAMPLE_INTERVAL_S = 0.2
@@ -85,7 +85,7 @@ def measure(bootstrap: str, broker_data: Path, members: int, work: Path, exits: 
     stack.replay()
     print(f"{members:,} members: replayed at {events / (time.monotonic() - started):,.0f} events/s; "
           "stream worker applying the backlog", flush=True)
-    stream: Worker = stack.start("stream", "0", "--request-timeout-s", "86400")
+    stream: ChildProcess = stack.start("stream", "0", "--request-timeout-s", "86400")
     assert stream.process is not None
     rss = PeakRss(stream.process.pid)
     rss.start()
@@ -112,18 +112,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", default="10000,1000000", help="comma-separated member counts")
     parser.add_argument("--broker-data-dir", type=Path,
-                        help="the data dir of the deploy/kafka.sh broker at KAFKA_BOOTSTRAP (for the changelog size)")
+                        help="the data dir of the deploy/kafka.sh broker at LIMAML_KAFKA_BOOTSTRAP (for the changelog size)")
     args = parser.parse_args()
     sizes = [int(size) for size in args.members.split(",")]
     results: dict[int, dict[str, float]] = {}
     with ExitStack() as exits:
         work = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="limaml-bench-")))
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
+        bootstrap = os.environ.get(BOOTSTRAP_VARIABLE)
         broker_data = args.broker_data_dir or work / "kafka"
         if bootstrap is None:
             bootstrap = exits.enter_context(local_kafka(broker_data))
         elif args.broker_data_dir is None:
-            parser.error("with KAFKA_BOOTSTRAP set, --broker-data-dir names that broker's data dir")
+            parser.error("with LIMAML_KAFKA_BOOTSTRAP set, --broker-data-dir names that broker's data dir")
         print(f"broker {bootstrap}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}", flush=True)
         for members in sizes:
             results[members] = measure(bootstrap, broker_data, members, work, exits)

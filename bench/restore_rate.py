@@ -34,7 +34,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from limaml.deploy.processes import Worker, free_port, local_kafka, poll
+from limaml.deploy.processes import BOOTSTRAP_VARIABLE, ChildProcess, free_port, local_kafka, poll
 from limaml.stream.policy import empty_support_set
 from limaml.stream.records import SupportSet
 from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, member_partition
@@ -100,7 +100,7 @@ def restore_once(kafka: KafkaConfig, work: Path, run: int, support_size: int,
                  seqs: dict[str, int]) -> dict[str, float]:
     """Start a stream worker on an empty data dir; its restore times from its log."""
     port = free_port()
-    worker = Worker(f"stream-{run}", [
+    worker = ChildProcess(f"stream-{run}", [
         "stream", "--bootstrap", kafka.bootstrap, "--topic-prefix", kafka.topic_prefix,
         "--partitions", str(kafka.partitions), "--replication-factor", str(kafka.replication_factor),
         "--min-insync-replicas", str(kafka.min_insync_replicas),
@@ -138,7 +138,7 @@ def main() -> None:
 
     with ExitStack() as exits:
         work = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="limaml-restore-")))
-        bootstrap = (os.environ.get("KAFKA_BOOTSTRAP") if args.brokers == 1 else None) or \
+        bootstrap = (os.environ.get(BOOTSTRAP_VARIABLE) if args.brokers == 1 else None) or \
             exits.enter_context(local_kafka(work / "kafka", brokers=args.brokers))
         replicated = args.brokers == 3
         kafka = KafkaConfig(bootstrap=bootstrap, topic_prefix=f"restore{uuid.uuid4().hex[:8]}",

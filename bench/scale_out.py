@@ -39,7 +39,7 @@ from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from freshness import WARMUP_EVENTS, EmbeddingWatcher, Stack, percentiles
-from limaml.deploy.processes import Worker, local_kafka, poll
+from limaml.deploy.processes import ChildProcess, local_kafka, poll
 from limaml.stream.topics import TopicNames
 
 BROKERS = 3
@@ -50,7 +50,7 @@ NOT_READY = (KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT
 """Errors of a group description while the group or its coordinator is still being set up."""
 
 
-def summed(workers: list[Worker], metric: str) -> float:
+def summed(workers: list[ChildProcess], metric: str) -> float:
     return sum(worker.metric(metric) for worker in workers)
 
 
@@ -68,7 +68,7 @@ def group_stable(admin: AdminClient, group: str, members: int) -> bool:
     return description.state == ConsumerGroupState.STABLE and len(description.members) == members
 
 
-def start_in_a_stable_group(stack: Stack, kind: str, count: int, *options: str) -> list[Worker]:
+def start_in_a_stable_group(stack: Stack, kind: str, count: int, *options: str) -> list[ChildProcess]:
     """`count` workers of a kind, once their consumer group is stable with all of them in it."""
     workers = [stack.start(kind, str(index), *options) for index in range(count)]
     admin, group = AdminClient({"bootstrap.servers": stack.kafka.bootstrap}), stack.kafka.faust_app_id(kind)
@@ -94,7 +94,7 @@ def backlog_rate(bootstrap: str, dataset: str, work: Path, exits: ExitStack, cou
     return rate
 
 
-def all_answered(streams: list[Worker], adapts: list[Worker]) -> bool:
+def all_answered(streams: list[ChildProcess], adapts: list[ChildProcess]) -> bool:
     requests = summed(streams, "limaml_stream_adapt_requests_total")
     served = summed(adapts, "limaml_adapt_embeddings_total") + summed(adapts, "limaml_adapt_skipped_stale_total")
     return summed(adapts, "limaml_adapt_batch_size_count") > 0 and requests <= served

@@ -41,13 +41,13 @@ import numpy as np
 
 from limaml.adapters.registry import load_dataset
 from limaml.artifacts import FeatureSchema, save_artifact
-from limaml.config import default_tunables
+from limaml.model_config import default_tunables
 from limaml.featurestore import embeddings, profiles
 from limaml.featurestore.embeddings import EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
-from limaml.deploy.processes import Worker, free_port, local_redis
+from limaml.deploy.processes import ChildProcess, free_port, local_redis
 from limaml.train import TrainConfig, meta_train
 
 TRAIN_LOG = "synthetic:n_members=300,n_items=1000,mean_events=10,seed=11"
@@ -181,7 +181,7 @@ def main() -> None:
         artifacts, feast, member_ids, items = build(work, args.members, online_store)
         bare = BareFeast(feast, member_ids)
         port = free_port()
-        server = Worker("serve", ["serve", "--port", str(port), "--artifacts-dir", str(artifacts),
+        server = ChildProcess("serve", ["serve", "--port", str(port), "--artifacts-dir", str(artifacts),
                                   "--repo-dir", str(feast.repo_dir), "--online-store", online_store,
                                   "--bootstrap", f"127.0.0.1:{free_port()}"],  # no broker: no refreshes here
                         port, work)

@@ -23,8 +23,8 @@ from limaml.artifacts import (
     load_artifact,
     save_artifact,
 )
-from limaml.config import default_tunables
 from limaml.data import InteractionLog
+from limaml.model_config import default_tunables
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@
 #   deploy/kafka.sh stop   [--data-dir DIR] [--node ID]
 #   deploy/kafka.sh status [--data-dir DIR]
 #
-# `start` prints one line on stdout, KAFKA_BOOTSTRAP=127.0.0.1:PORT[,...], so
+# `start` prints one line on stdout, LIMAML_KAFKA_BOOTSTRAP=127.0.0.1:PORT[,...], so
 #   export "$(deploy/kafka.sh start)"
-# sets the variable the tests and the workers read. Everything else goes to stderr.
+# sets the variable the tests, the benchmarks and every limaml command read ([kafka] bootstrap). Everything else goes to stderr.
 #
 # Secured mode (`start --secure`, or LIMAML_KAFKA_SECURITY=sasl_ssl; a data dir keeps the
 # mode it was first started with): the client listener speaks SASL_SSL with SCRAM-SHA-512
@@ -582,7 +582,7 @@ cmd_start() {
     if [[ $SECURITY == sasl_ssl ]]; then
         log "secured (SASL_SSL, SCRAM-SHA-512): client settings in $DATA_DIR/client.env, CA $TLS_DIR/ca.pem"
     fi
-    echo "KAFKA_BOOTSTRAP=$(bootstrap_servers)"
+    echo "LIMAML_KAFKA_BOOTSTRAP=$(bootstrap_servers)"
 }
 
 # SIGTERM (a clean, controlled shutdown), then SIGKILL after the deadline.
@@ -635,7 +635,7 @@ cmd_status() {
     done
     echo "logs: $DATA_DIR/node-*/logs/server.log"
     ((up == 0)) && { echo "stopped"; exit 3; }
-    echo "KAFKA_BOOTSTRAP=$(bootstrap_servers)"
+    echo "LIMAML_KAFKA_BOOTSTRAP=$(bootstrap_servers)"
     if ((ready == BROKERS)); then echo "running"; else echo "degraded"; exit 1; fi
 }
 

@@ -34,6 +34,7 @@ KAFKA_SH = DEPLOY_DIR / "kafka.sh"
 REDIS_SH = DEPLOY_DIR / "redis.sh"
 KAFKA_START_TIMEOUT_S = 300  # a cold jar download plus a broker start on a busy 2-core machine
 KAFKA_STOP_TIMEOUT_S = 60
+BOOTSTRAP_VARIABLE = "LIMAML_KAFKA_BOOTSTRAP"  # [kafka] bootstrap's; deploy/kafka.sh start prints it
 PROMETHEUS_MULTIPROCESS_VARS = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
 T = TypeVar("T")
 Hurry = Callable[[], bool]
@@ -92,11 +93,11 @@ def start_kafka(data_dir: Path, brokers: int = 1) -> str:
 
 
 def bootstrap_of(result: subprocess.CompletedProcess[str]) -> str:
-    """The address in the KAFKA_BOOTSTRAP= line deploy/kafka.sh start printed."""
+    """The address in the LIMAML_KAFKA_BOOTSTRAP= line deploy/kafka.sh start printed."""
     bootstrap = next((line.split("=", 1)[1].strip() for line in result.stdout.splitlines()
-                      if line.startswith("KAFKA_BOOTSTRAP=")), None)
+                      if line.startswith(f"{BOOTSTRAP_VARIABLE}=")), None)
     if bootstrap is None:
-        raise RuntimeError(f"deploy/kafka.sh start printed no KAFKA_BOOTSTRAP line:\n{result.stdout}")
+        raise RuntimeError(f"deploy/kafka.sh start printed no {BOOTSTRAP_VARIABLE} line:\n{result.stdout}")
     return bootstrap
 
 
@@ -203,7 +204,7 @@ def stop_all(targets: list[Target], timeout_s: float, hurry: Hurry = lambda: Fal
     return [(target.name, ended[target.name]) for target in targets]
 
 
-class Worker:
+class ChildProcess:
     """One `limaml <command>` process with its log in a file."""
 
     def __init__(self, name: str, args: list[str], web_port: int, log_dir: Path,
@@ -215,7 +216,7 @@ class Worker:
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def spawn(self) -> Worker:
+    def spawn(self) -> ChildProcess:
         """Start the process in its own session, without waiting for it to answer."""
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen([LIMAML, *self.args], stdout=log, stderr=subprocess.STDOUT,
@@ -223,7 +224,7 @@ class Worker:
                                             start_new_session=True)
         return self
 
-    def start(self) -> Worker:
+    def start(self) -> ChildProcess:
         """Start the process and wait until it serves /metrics."""
         self.spawn()
         poll(lambda: self.ensure_alive() and self.get("/metrics") is not None, 120,

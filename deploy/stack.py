@@ -50,7 +50,7 @@ from limaml.stream.config import AdaptConfig, StreamConfig
 from limaml.stream.topics import KafkaConfig, TopicNames, ensure_topics
 
 from .live_view import MODES, LiveView, StackInfo, many, summary
-from .processes import poll, stop_all
+from .processes import BOOTSTRAP_VARIABLE, poll, stop_all
 from .replayer import ReplayThread
 from .supervisor import Broker, Child, PidFile, RestartPolicy, Restarts
 from .telemetry import Backlog, CatchUp, Figures, History, Scrape, Snapshot, add_counters, parse_metrics
@@ -73,7 +73,7 @@ class StackConfig:
     limit: int = borrow(ReplayConfig, "limit")
     artifacts_dir: Path = borrow(AdaptConfig, "artifacts_dir", also=((ServeConfig, "artifacts_dir"),))
     work_dir: Path = Path(".cache/up")  # broker data, worker state, Feast store, logs and pids.json
-    bootstrap: str = ""  # an existing Kafka broker to use (else env KAFKA_BOOTSTRAP, else a private one)
+    bootstrap: str = ""  # an existing Kafka broker to use (else env LIMAML_KAFKA_BOOTSTRAP, else a private one)
     topic_prefix: str = borrow(KafkaConfig, "topic_prefix")
     partitions: int = borrow(KafkaConfig, "partitions")
     online_store: str = borrow(FeatureStoreConfig, "online_store")
@@ -196,7 +196,7 @@ class Stack:
         self.view = LiveView(out, config.view, plain_every=10)
         self.info = StackInfo(command="demo" if demo else "up", topic_prefix=config.topic_prefix,
                               log_dir=self.logs)
-        self.bootstrap = config.bootstrap or os.environ.get("KAFKA_BOOTSTRAP", "").strip()
+        self.bootstrap = config.bootstrap or os.environ.get(BOOTSTRAP_VARIABLE, "").strip()
         self.broker: Broker | None = None
         self.workers: dict[str, Child] = {}
         self.replay: ReplayThread | None = None

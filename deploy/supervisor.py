@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from .processes import Hurry, Target, Worker, run_kafka_sh, signal_group, start_kafka, stop_all
+from .processes import ChildProcess, Hurry, Target, run_kafka_sh, signal_group, start_kafka, stop_all
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Restarts:
         return True
 
 
-class Child(Worker):
+class Child(ChildProcess):
     """A `limaml <command>` child in its own session (and process group)."""
 
     def __init__(self, name: str, args: list[str], web_port: int, log_dir: Path,

@@ -11,6 +11,10 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from limaml.serving.metrics import SERVE_EMBEDDINGS, SERVE_REQUESTS
+from limaml.stream.metrics import (ADAPT_BATCH_SIZE, ADAPT_EMBEDDINGS, ADAPT_SKIPPED_STALE, FRESHNESS,
+                                   STREAM_ADAPT_REQUESTS, STREAM_DEAD_LETTERS, STREAM_DUPLICATE_EVENTS,
+                                   STREAM_EVENTS)
 from prometheus_client.parser import text_string_to_metric_families
 
 Scrape = dict[str, list[tuple[dict[str, str], float]]]
@@ -18,8 +22,6 @@ Scrape = dict[str, list[tuple[dict[str, str], float]]]
 
 Buckets = tuple[tuple[float, float], ...]
 """A histogram as (upper bound, cumulative count), ascending, ending with +Inf."""
-
-FRESHNESS = "limaml_freshness_seconds"
 
 
 def parse_metrics(text: str) -> Scrape:
@@ -179,30 +181,30 @@ def figures(latest: Snapshot, window_start: Snapshot, first: Snapshot) -> Figure
         now = total(getattr(latest, scrape_of), name)
         return int(now), _rate(now, total(getattr(window_start, scrape_of), name), window_s)
 
-    applied, applied_rate = counter("stream", "limaml_stream_events_total")
-    requests, requests_rate = counter("stream", "limaml_stream_adapt_requests_total")
-    embeddings, embeddings_rate = counter("adapt", "limaml_adapt_embeddings_total")
-    scored, scored_rate = counter("serve", "limaml_serve_requests_total")
-    batches = total(latest.adapt, "limaml_adapt_batch_size_count")
+    applied, applied_rate = counter("stream", STREAM_EVENTS)
+    requests, requests_rate = counter("stream", STREAM_ADAPT_REQUESTS)
+    embeddings, embeddings_rate = counter("adapt", ADAPT_EMBEDDINGS)
+    scored, scored_rate = counter("serve", SERVE_REQUESTS)
+    batches = total(latest.adapt, ADAPT_BATCH_SIZE + "_count")
     freshness = buckets(latest.adapt, FRESHNESS)
     return Figures(
         elapsed_s=latest.at - first.at, window_s=window_s,
         produced=latest.produced, produced_rate=_rate(latest.produced, window_start.produced, window_s),
         applied=applied, applied_rate=applied_rate,
-        dead_letters=int(total(latest.stream, "limaml_stream_dead_letters_total")),
-        duplicates=int(total(latest.stream, "limaml_stream_duplicate_events_total")),
+        dead_letters=int(total(latest.stream, STREAM_DEAD_LETTERS)),
+        duplicates=int(total(latest.stream, STREAM_DUPLICATE_EVENTS)),
         requests=requests, requests_rate=requests_rate,
         requests_by_reason={reason: int(value) for reason, value in
-                            by_label(latest.stream, "limaml_stream_adapt_requests_total", "reason").items()},
+                            by_label(latest.stream, STREAM_ADAPT_REQUESTS, "reason").items()},
         embeddings=embeddings, embeddings_rate=embeddings_rate,
-        superseded=int(total(latest.adapt, "limaml_adapt_skipped_stale_total")),
+        superseded=int(total(latest.adapt, ADAPT_SKIPPED_STALE)),
         batches=int(batches),
-        mean_batch=total(latest.adapt, "limaml_adapt_batch_size_sum") / batches if batches else 0.0,
+        mean_batch=total(latest.adapt, ADAPT_BATCH_SIZE + "_sum") / batches if batches else 0.0,
         freshness_recent=Percentiles.of(subtract(freshness, buckets(window_start.adapt, FRESHNESS))),
         freshness=Percentiles.of(freshness),
         scored=scored, scored_rate=scored_rate,
         scored_by_source={source: int(value) for source, value in
-                          by_label(latest.serve, "limaml_serve_embeddings_total", "source").items()},
+                          by_label(latest.serve, SERVE_EMBEDDINGS, "source").items()},
     )
 
 

@@ -10,20 +10,27 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
-from limaml.artifacts import active_version
+from limaml.artifacts import Artifact, active_version
 
 log = logging.getLogger(__name__)
 
 
-class Versioned(Protocol):
+@dataclass(frozen=True)
+class ActiveModel:
+    """What a process makes of one model version: replaced as a whole, never mutated."""
+
+    artifact: Artifact
+
     @property
-    def version(self) -> str: ...
+    def version(self) -> str:
+        return self.artifact.version
 
 
-T = TypeVar("T", bound=Versioned)
+T = TypeVar("T", bound=ActiveModel)
 
 
 class ActiveFollower(ABC, Generic[T]):

@@ -5,23 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from limaml.active import ActiveFollower
+from limaml.active import ActiveFollower, ActiveModel
 from limaml.adaptation import AdaptationEngine
-from limaml.artifacts import Artifact, ArtifactError, active_version, load_artifact
+from limaml.artifacts import ArtifactError, active_version, load_artifact
 from limaml.encoding import FeatureEncoder
 
 
 @dataclass(frozen=True)
-class AdaptModel:
-    """Everything derived from one model version; replaced as a whole, never mutated."""
+class AdaptModel(ActiveModel):
+    """One model version's adaptation engine and feature encoder."""
 
-    artifact: Artifact
     engine: AdaptationEngine
     encoder: FeatureEncoder
-
-    @property
-    def version(self) -> str:
-        return self.artifact.version
 
 
 class AdaptVersion(ActiveFollower[AdaptModel]):

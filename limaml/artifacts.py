@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from limaml.config import ModelConfig
 from limaml.data import InteractionLog, Vocabulary
 from limaml.model import LiMAML
+from limaml.model_config import ModelConfig
 
 log = logging.getLogger(__name__)
 

@@ -61,22 +61,22 @@ def feast_section() -> Section:
 
 @cache
 def model_section() -> Section:
-    from limaml.config import MODEL_TUNABLES, ModelConfig
+    from limaml.model_config import MODEL_TUNABLES, ModelConfig
 
     return Section.of("model", ModelConfig, MODEL_TUNABLES)
 
 
 @cache
 def train_sections() -> tuple[Section, ...]:
-    from limaml.config import TrainConfig
+    from limaml.train_config import TrainConfig
 
     return Section.of("train", TrainConfig), model_section()
 
 
 @cache
 def eval_sections() -> tuple[Section, ...]:
-    from limaml.config import TrainConfig
     from limaml.evaluation.config import EVAL_TRAIN_FIELDS, BaselineConfig, EvalConfig
+    from limaml.train_config import TrainConfig
 
     return (Section.of("eval", EvalConfig), Section.of("train", TrainConfig, EVAL_TRAIN_FIELDS),
             model_section(), Section.of("baselines", BaselineConfig))
@@ -162,8 +162,8 @@ def emit(result: dict[str, Any]) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from limaml.adapters.registry import load_dataset
     from limaml.artifacts import FeatureSchema, save_artifact
-    from limaml.config import TrainConfig
     from limaml.train import meta_train, training_record
+    from limaml.train_config import TrainConfig
 
     settings = resolve(train_sections(), args.config, args)
     config = TrainConfig(**settings["train"])

@@ -24,8 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from limaml.config import ModelConfig
 from limaml.item_statistics import ItemStatistics
+from limaml.model_config import ModelConfig
 
 RATE_EPS = 1e-4  # item rates are clamped to [eps, 1 - eps] before their logit
 

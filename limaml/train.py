@@ -30,12 +30,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from limaml.adaptation import SupportBatch, adapt, adapted_embeddings, example_weights
-from limaml.config import ModelConfig, TrainConfig
 from limaml.data import InteractionLog
 from limaml.episodes import Episodes, MemberHistories, holdout_episodes, sample_episodes
 from limaml.item_statistics import ItemStatistics
-from limaml.ranking_metrics import log_loss, roc_auc
 from limaml.model import LiMAML, meta_forward
+from limaml.model_config import ModelConfig
+from limaml.ranking_metrics import log_loss, roc_auc
+from limaml.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 

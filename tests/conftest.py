@@ -12,9 +12,9 @@ import torch
 
 from limaml.adaptation import MemberSupport
 from limaml.artifacts import FeatureSchema, save_artifact
-from limaml.config import ModelConfig, default_tunables
 from limaml.data import InteractionLog
 from limaml.model import LiMAML
+from limaml.model_config import ModelConfig, default_tunables
 from limaml.train import TrainConfig, meta_train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # the source tree (docker-compose.yml, Dockerfile, pyproject.toml)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from limaml.adaptation import SupportBatch
 from limaml.adapters.synthetic import SyntheticConfig, generate_synthetic
-from limaml.config import default_tunables
+from limaml.model_config import default_tunables
 from limaml.data import InteractionLog
 from limaml.evaluation.baselines import EventBatch, WideAndDeep
 from limaml.evaluation.counting import item_rates, score_counting, score_popularity

@@ -12,7 +12,7 @@ import torch
 from conftest import random_members, small_model
 from limaml.adaptation import SupportBatch
 from limaml.adapters.synthetic import SyntheticConfig, generate_synthetic
-from limaml.config import default_tunables
+from limaml.model_config import default_tunables
 from limaml.data import InteractionLog
 from limaml.evaluation.baselines import EventBatch, GlobalModel, WideAndDeep, predict
 from limaml.evaluation.maml_full_network import FullNetworkMAML

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from limaml.adapters.synthetic import SyntheticConfig, generate_synthetic
-from limaml.config import default_tunables
+from limaml.model_config import default_tunables
 from limaml.data import InteractionLog
 from limaml.evaluation.baselines import WideAndDeep
 from limaml.evaluation.counting import score_counting

@@ -34,7 +34,7 @@ from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import REGISTRY_PATH, SQLITE_PATH, open_feature_store
 from certificates import make_certificates
 from conftest import require_component
-from limaml.deploy.processes import Worker, free_port, poll
+from limaml.deploy.processes import ChildProcess, free_port, poll
 from limaml.serving.app import create_app
 from limaml.serving.config import ServeConfig
 from limaml.serving.run import check_certificate
@@ -616,16 +616,16 @@ def test_a_certificate_that_does_not_load_stops_the_start_with_a_clear_error(tmp
 
 
 # The `limaml serve` processes: last, as they take long and the module's stored embeddings age.
-def serve_process(artifacts: Path, feast: FeatureStoreConfig, log_dir: Path) -> Worker:
+def serve_process(artifacts: Path, feast: FeatureStoreConfig, log_dir: Path) -> ChildProcess:
     """`limaml serve` on a free port (no broker: its refresh requests are only queued)."""
     port = free_port()
-    return Worker("serve", ["serve", "--port", str(port), "--artifacts-dir", str(artifacts),
-                            "--repo-dir", str(feast.repo_dir), "--online-store", feast.online_store,
-                            "--store-timeout-s", str(STORE_TIMEOUT_S), "--bootstrap", f"127.0.0.1:{free_port()}"],
-                  port, log_dir)
+    return ChildProcess("serve", ["serve", "--port", str(port), "--artifacts-dir", str(artifacts),
+                                  "--repo-dir", str(feast.repo_dir), "--online-store", feast.online_store,
+                                  "--store-timeout-s", str(STORE_TIMEOUT_S), "--bootstrap", f"127.0.0.1:{free_port()}"],
+                        port, log_dir)
 
 
-def status_of(serve: Worker, path: str, body: dict | None = None) -> int:
+def status_of(serve: ChildProcess, path: str, body: dict | None = None) -> int:
     """The HTTP status of a GET (a POST of `body`) to the `serve` process."""
     request = urllib.request.Request(f"http://127.0.0.1:{serve.web_port}{path}", method="POST" if body else "GET",
                                      data=json.dumps(body).encode() if body else None,
@@ -637,7 +637,7 @@ def status_of(serve: Worker, path: str, body: dict | None = None) -> int:
         return error.code
 
 
-def post_score(serve: Worker, member_id: str) -> int:
+def post_score(serve: ChildProcess, member_id: str) -> int:
     return status_of(serve, "/v1/score", {"member_id": member_id, "candidates": ["i1"]})
 
 

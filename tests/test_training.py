@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from conftest import random_members, small_model
 from limaml.adaptation import MemberSupport, SupportBatch
 from limaml.adapters.synthetic import SyntheticConfig, generate_synthetic
-from limaml.config import default_tunables
+from limaml.model_config import default_tunables
 from limaml.data import InteractionLog
 from limaml.episodes import Episodes
 from limaml.model import LiMAML

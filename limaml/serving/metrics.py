@@ -4,59 +4,56 @@ ASGI middleware that counts and times the /v1 requests."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Gauge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+from limaml.stream.metrics import AppMetrics
+
 EmbeddingSource = Literal["adapted", "prior", "version_mismatch", "expired"]
 SOURCES: tuple[EmbeddingSource, ...] = ("adapted", "prior", "version_mismatch", "expired")
 STATUSES = ("200", "422", "500", "503")
 
+SERVE_REQUESTS = "limaml_serve_requests_total"
+SERVE_REQUEST_SECONDS = "limaml_serve_request_seconds"
+SERVE_EMBEDDINGS = "limaml_serve_embeddings_total"
+SERVE_REFRESH_REQUESTS = "limaml_serve_refresh_requests_total"
+SERVE_REFRESH_THROTTLED = "limaml_serve_refresh_throttled_total"
+SERVE_STORE_TIMEOUTS = "limaml_serve_store_timeouts_total"
+SERVE_STORE_READS_IN_FLIGHT = "limaml_serve_store_reads_in_flight"
+SERVE_STORE_BUSY = "limaml_serve_store_busy_total"
+SERVE_UNKNOWN_ITEMS = "limaml_serve_unknown_items_total"
+
 
 @dataclass
-class ServeMetrics:
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-
+class ServeMetrics(AppMetrics):
     def __post_init__(self) -> None:
-        r = self.registry
-        self.requests = Counter("limaml_serve_requests", "Scoring requests, by HTTP status",
-                                ["status"], registry=r)
+        self.requests = self.counter(SERVE_REQUESTS, "Scoring requests, by HTTP status", "status")
         for status in STATUSES:  # the usual series exist from the start, at 0
             self.requests.labels(status=status)
-        self.latency = Histogram("limaml_serve_request_seconds",
-                                 "Scoring request received -> response sent",
-                                 buckets=LATENCY_BUCKETS, registry=r)
-        self.embeddings = Counter(
-            "limaml_serve_embeddings",
+        self.latency = self.histogram(SERVE_REQUEST_SECONDS, "Scoring request received -> response sent")
+        self.embeddings = self.counter(
+            SERVE_EMBEDDINGS,
             "Embeddings scored with: adapted, prior (cold member), version_mismatch (prior served: "
             "the stored embedding is of another model version), expired (prior served: the stored "
-            "embedding is older than max_embedding_age_s)", ["source"], registry=r)
+            "embedding is older than max_embedding_age_s)", "source")
         for source in SOURCES:
             self.embeddings.labels(source=source)
-        self.refresh_requests = Counter("limaml_serve_refresh_requests",
-                                        "Re-adaptation requests sent for version mismatches and expired embeddings",
-                                        registry=r)
-        self.refresh_throttled = Counter("limaml_serve_refresh_throttled",
-                                         "Re-adaptation requests not sent: one was sent recently",
-                                         registry=r)
-        self.store_timeouts = Counter("limaml_serve_store_timeouts",
-                                      "Online-store reads given up on after store_timeout_s (503)",
-                                      registry=r)
+        self.refresh_requests = self.counter(
+            SERVE_REFRESH_REQUESTS, "Re-adaptation requests sent for version mismatches and expired embeddings")
+        self.refresh_throttled = self.counter(SERVE_REFRESH_THROTTLED,
+                                              "Re-adaptation requests not sent: one was sent recently")
+        self.store_timeouts = self.counter(SERVE_STORE_TIMEOUTS,
+                                           "Online-store reads given up on after store_timeout_s (503)")
         self.store_reads_in_flight = Gauge(
-            "limaml_serve_store_reads_in_flight",
+            SERVE_STORE_READS_IN_FLIGHT,
             "Online-store reads running in the store-read pool, given-up ones still waiting included",
-            registry=r)
-        self.store_busy = Counter("limaml_serve_store_busy",
-                                  "Requests answered 503 at once: every store-read thread was still "
-                                  "waiting for the store", registry=r)
-        self.unknown_items = Counter("limaml_serve_unknown_items",
-                                     "Candidates outside the model's item vocabulary", registry=r)
-
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+            registry=self.registry)
+        self.store_busy = self.counter(SERVE_STORE_BUSY, "Requests answered 503 at once: every store-read thread "
+                                       "was still waiting for the store")
+        self.unknown_items = self.counter(SERVE_UNKNOWN_ITEMS, "Candidates outside the model's item vocabulary")
 
 
 class RequestMetrics:

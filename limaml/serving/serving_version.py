@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from limaml.active import ActiveFollower
+from limaml.active import ActiveFollower, ActiveModel
 from limaml.artifacts import load_artifact
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
@@ -15,16 +15,12 @@ from limaml.serving.scorer import VersionScorer
 
 
 @dataclass(frozen=True)
-class ServingModel:
+class ServingModel(ActiveModel):
     """One model version's scorer and the read of the features it needs; replaced as a whole,
     so a request never pairs an embedding check of one version with another's global block."""
 
     scorer: VersionScorer
     lookup: MemberLookup
-
-    @property
-    def version(self) -> str:
-        return self.scorer.version
 
 
 class ServingVersion(ActiveFollower[ServingModel]):
@@ -35,10 +31,11 @@ class ServingVersion(ActiveFollower[ServingModel]):
         super().__init__(root)
 
     def _load(self, version: str, previous: ServingModel | None) -> ServingModel:
-        scorer = VersionScorer(load_artifact(self.root, version))
+        artifact = load_artifact(self.root, version)
+        scorer = VersionScorer(artifact)
         if previous is not None and previous.lookup.profile_fields == scorer.profile_fields:
-            return ServingModel(scorer, previous.lookup)
+            return ServingModel(artifact, scorer, previous.lookup)
         # The profile view serves the fields this version's meta block reads (as in the
         # adaptation workers, which open the store the same way).
         store = open_feature_store(replace(self.feast, profile_fields=",".join(scorer.profile_fields)))
-        return ServingModel(scorer, MemberLookup(store, scorer.profile_fields))
+        return ServingModel(artifact, scorer, MemberLookup(store, scorer.profile_fields))

@@ -2,7 +2,7 @@
 
 ``kafka_bootstrap`` is the bootstrap address of a running broker for the whole session:
 
-* if ``KAFKA_BOOTSTRAP`` is set (CI, or a broker you started yourself with
+* if ``LIMAML_KAFKA_BOOTSTRAP`` is set (CI, or a broker you started yourself with
   ``deploy/kafka.sh start``), that broker is used and left running;
 * otherwise ``deploy/kafka.sh start`` starts a private single-node KRaft broker on a free
   port with a temporary data dir, and ``deploy/kafka.sh stop`` ends it after the session.
@@ -27,8 +27,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from limaml.adapters.events import DeadLetter, InteractionEvent, decode_event
 from limaml.adapters.registry import load_dataset
 from limaml.data import InteractionLog
+from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.embeddings import EmbeddingReader
-from limaml.deploy.processes import local_kafka, poll
+from limaml.featurestore.profiles import write_member_profiles
+from limaml.featurestore.store import open_feature_store
+from limaml.deploy.processes import BOOTSTRAP_VARIABLE, local_kafka, poll
 
 TOPIC_READY_TIMEOUT_S = 30.0
 
@@ -38,7 +41,7 @@ class KafkaBroker:
     """The session's broker: its address and, when this session started it, its data dir."""
 
     bootstrap: str
-    data_dir: Path | None  # None: an external broker named by KAFKA_BOOTSTRAP
+    data_dir: Path | None  # None: an external broker named by LIMAML_KAFKA_BOOTSTRAP
 
 
 def _wait_for_cluster(bootstrap: str, timeout_s: float = 30.0) -> None:
@@ -47,14 +50,14 @@ def _wait_for_cluster(bootstrap: str, timeout_s: float = 30.0) -> None:
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
-        raise RuntimeError(f"no Kafka broker answers at KAFKA_BOOTSTRAP={bootstrap}: {exc}") from exc
+        raise RuntimeError(f"no Kafka broker answers at {BOOTSTRAP_VARIABLE}={bootstrap}: {exc}") from exc
     if not metadata.brokers:
         raise RuntimeError(f"Kafka at {bootstrap} reports no brokers")
 
 
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    external = os.environ.get("KAFKA_BOOTSTRAP", "").strip()
+    external = os.environ.get(BOOTSTRAP_VARIABLE, "").strip()
     if external:
         _wait_for_cluster(external)
         yield KafkaBroker(bootstrap=external, data_dir=None)
@@ -75,6 +78,13 @@ def dataset(request: pytest.FixtureRequest) -> InteractionLog:
 def kafka_bootstrap(kafka_broker: KafkaBroker) -> str:
     """``bootstrap.servers`` of the session's Kafka broker, e.g. ``127.0.0.1:9092``."""
     return kafka_broker.bootstrap
+
+
+def write_profiles(dataset: InteractionLog, repo_dir: Path, **store: str) -> None:
+    """The dataset's member profiles in a Feast repo at `repo_dir`, as `limaml profiles` writes
+    them; `store`: the online store's FeatureStoreConfig settings (default: SQLite)."""
+    config = FeatureStoreConfig(repo_dir=repo_dir, profile_fields=",".join(sorted(dataset.member_features)), **store)
+    write_member_profiles(open_feature_store(config), dataset)
 
 
 def wait_for_topics(admin: AdminClient, names: list[str], timeout_s: float = TOPIC_READY_TIMEOUT_S) -> None:

@@ -19,7 +19,7 @@ from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, 
 
 from limaml.adapters.events import MAX_DEAD_LETTER_RAW_BYTES, InteractionEvent, events_from_log
 from limaml.data import InteractionLog
-from limaml.deploy.processes import Worker, poll
+from limaml.deploy.processes import ChildProcess, poll
 from limaml.stream.topics import KafkaConfig, ensure_topics
 
 from .conftest import TOPIC_READY_TIMEOUT_S, delete_topics_with_prefix, read_dead_letters
@@ -39,8 +39,7 @@ def stream(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
     pipeline = Pipeline(kafka, artifacts=tmp_path / "artifacts", feast_dir=tmp_path / "feast",
                         work_dir=tmp_path)
     yield pipeline
-    for worker in pipeline.workers:
-        worker.stop()
+    pipeline.stop_workers()
     delete_topics_with_prefix(kafka_bootstrap, kafka.topic_prefix)  # also the workers' changelogs
 
 
@@ -49,7 +48,7 @@ def oversized(event: InteractionEvent) -> bytes:
     return value.encode()
 
 
-def wait_until_applied(worker: Worker, events: list[InteractionEvent]) -> None:
+def wait_until_applied(worker: ChildProcess, events: list[InteractionEvent]) -> None:
     behind: dict[str, object] = {}
     poll(lambda: support_sets_match(worker, events_by_member(events), behind), 60,
          "the good events to be applied",

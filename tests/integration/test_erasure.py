@@ -22,7 +22,7 @@ from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.featurestore.profiles import read_member_profiles, write_member_profiles
 from limaml.featurestore.store import open_feature_store
-from limaml.deploy.processes import Worker, poll
+from limaml.deploy.processes import ChildProcess, poll
 from limaml.serving.app import create_app
 from limaml.serving.config import ServeConfig
 from limaml.stream.topics import KafkaConfig, ensure_topics
@@ -52,8 +52,7 @@ def pipeline(kafka_bootstrap: str, artifacts: Path, dataset: InteractionLog, onl
     pipeline = Pipeline(kafka, artifacts, tmp_path / "feast", tmp_path, online_store=online_store)
     write_member_profiles(open_feature_store(feast_config(pipeline, dataset)), dataset)
     yield pipeline
-    for worker in pipeline.workers:
-        worker.stop()
+    pipeline.stop_workers()
     delete_topics_with_prefix(kafka_bootstrap, kafka.topic_prefix)
 
 
@@ -122,7 +121,7 @@ def test_a_forgotten_member_is_gone_from_every_store_and_in_flight_adaptation_do
          f"{gone} starting again from one event")
 
 
-def assert_erased(pipeline: Pipeline, dataset: InteractionLog, stream: Worker, member: str, kept: str) -> None:
+def assert_erased(pipeline: Pipeline, dataset: InteractionLog, stream: ChildProcess, member: str, kept: str) -> None:
     """Nothing of `member` in the support sets, their changelog, the compacted embeddings or
     the online store, and the service scores it with the prior; `kept` is untouched."""
     assert stream.get(f"/members/{member}/") == b"null"

@@ -27,12 +27,11 @@ from limaml.data import InteractionLog
 from limaml.deploy.replayer import ReplayThread
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.embeddings import EmbeddingReader
-from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.store import open_feature_store
-from limaml.deploy.processes import (Worker, local_kafka, poll, restart_stopped_kafka_nodes,
+from limaml.deploy.processes import (ChildProcess, local_kafka, poll, restart_stopped_kafka_nodes,
                               stop_kafka_node)
 from limaml.stream.faust_client import create_faust_app
-from limaml.stream.topics import KafkaConfig, ensure_topics
+from limaml.stream.topics import KafkaConfig
 
 from .conftest import (TOPIC_READY_TIMEOUT_S, delete_topics_with_prefix, embeddings_behind, events_in_topic,
                        records_in_topic, wait_for_topics)
@@ -69,7 +68,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A private three-broker cluster (never KAFKA_BOOTSTRAP's: its brokers are stopped here)."""
+    """A private three-broker cluster (never LIMAML_KAFKA_BOOTSTRAP's: its brokers are stopped here)."""
     data_dir = tmp_path_factory.mktemp("kafka-cluster")
     with local_kafka(data_dir, brokers=BROKERS) as bootstrap:
         yield Cluster(bootstrap, data_dir)
@@ -89,17 +88,9 @@ def pipeline(cluster: Cluster, artifacts: Path, dataset: InteractionLog,
     kafka = KafkaConfig(bootstrap=cluster.bootstrap, topic_prefix=f"f{uuid.uuid4().hex[:10]}",
                         partitions=PARTITIONS, replication_factor=REPLICATION_FACTOR,
                         min_insync_replicas=MIN_INSYNC_REPLICAS)
-    ensure_topics(kafka)
-    feast_dir = tmp_path / "feast"
-    fields = ",".join(sorted(dataset.member_features))
-    write_member_profiles(open_feature_store(FeatureStoreConfig(repo_dir=feast_dir,
-                                                                profile_fields=fields)), dataset)
-    pipeline = ReplicatedPipeline(kafka, artifacts, feast_dir, tmp_path)
-    yield pipeline
-    for worker in pipeline.workers:
-        worker.stop()
-    cluster.start_stopped_brokers()  # a failed test may have left one down
-    delete_topics_with_prefix(cluster.bootstrap, kafka.topic_prefix)  # also the workers' changelogs
+    with ReplicatedPipeline.running(kafka, artifacts, dataset, tmp_path) as pipeline:
+        yield pipeline
+        cluster.start_stopped_brokers()  # a failed test may have left one down: its topics are deleted next
 
 
 def start_replay(pipeline: Pipeline, dataset: InteractionLog) -> ReplayThread:
@@ -126,11 +117,11 @@ def stop_replay(replay: ReplayThread, pipeline: Pipeline, dataset: InteractionLo
     return list({event.event_id: event for event in reversed(held)}.values())[::-1]  # first copies, in order
 
 
-def applied(worker: Worker) -> float:
+def applied(worker: ChildProcess) -> float:
     return worker.metric("limaml_stream_events_total")
 
 
-def wait_for_progress(worker: Worker, events: float, what: str) -> None:
+def wait_for_progress(worker: ChildProcess, events: float, what: str) -> None:
     """Until `worker` applied `events` events in all: the stream is flowing."""
     poll(lambda: worker.ensure_alive() and applied(worker) >= events, 120, what,
          describe=lambda: f"{applied(worker)} events applied; log:\n{worker.log_tail(15)}")
@@ -227,7 +218,7 @@ async def produce_while_the_leader_dies(kafka: KafkaConfig, topic: str, freeze_f
     """Send `ACKS_RECORDS` records through the Faust app producer every limaml worker writes
     with, while the partition's followers are frozen; then kill the leader. The records
     acknowledged before the kill, and those acknowledged by the end."""
-    producer = create_faust_app(kafka, "acks").producer
+    producer = create_faust_app(kafka, "acks", "0").producer
     await producer.start()
     try:
         await (await producer.send(topic, None, b"warm-up", 0, None, None))  # connected, leader known

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT
+from limaml.deploy.processes import BOOTSTRAP_VARIABLE
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -74,7 +75,7 @@ def test_an_installed_limaml_runs_kafka_sh_from_its_package(tmp_path: Path) -> N
         print("bootstrap", broker.start())
         print("stop", broker.stop(30.0))
     """)
-    env = {name: value for name, value in os.environ.items() if name not in ("PYTHONPATH", "KAFKA_BOOTSTRAP")}
+    env = {name: value for name, value in os.environ.items() if name not in ("PYTHONPATH", BOOTSTRAP_VARIABLE)}
     result = subprocess.run([str(python), "-c", script], cwd=outside, capture_output=True, text=True,
                             timeout=400, env=env, check=False)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]

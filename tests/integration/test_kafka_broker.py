@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
 
 from conftest import REPO_ROOT
-from limaml.deploy.processes import run_kafka_sh
+from limaml.deploy.processes import BOOTSTRAP_VARIABLE, run_kafka_sh
 
 from .conftest import KafkaBroker
 
@@ -80,12 +80,12 @@ def test_auto_created_topic(kafka_bootstrap: str) -> None:
 def test_status_reports_running(kafka_broker: KafkaBroker) -> None:
     data_dir = kafka_broker.data_dir
     if data_dir is None:
-        # KAFKA_BOOTSTRAP names the broker; if kafka.sh manages it, it is in the usual dir.
+        # LIMAML_KAFKA_BOOTSTRAP names the broker; if kafka.sh manages it, it is in the usual dir.
         data_dir = Path(os.environ.get("LIMAML_KAFKA_DIR", REPO_ROOT / ".cache" / "kafka"))
     result = run_kafka_sh("status", "--data-dir", str(data_dir), timeout=30)
-    if kafka_broker.data_dir is None and f"KAFKA_BOOTSTRAP={kafka_broker.bootstrap}" not in result.stdout:
+    if kafka_broker.data_dir is None and f"{BOOTSTRAP_VARIABLE}={kafka_broker.bootstrap}" not in result.stdout:
         pytest.skip(f"the broker at {kafka_broker.bootstrap} is not managed by deploy/kafka.sh in {data_dir}")
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert lines[-1] == "running"
-    assert f"KAFKA_BOOTSTRAP={kafka_broker.bootstrap}" in lines
+    assert f"{BOOTSTRAP_VARIABLE}={kafka_broker.bootstrap}" in lines

@@ -16,12 +16,10 @@ import pytest
 from limaml.adapters.events import events_from_log
 from limaml.cli import main
 from limaml.data import InteractionLog
-from limaml.featurestore.config import FeatureStoreConfig
-from limaml.featurestore.profiles import write_member_profiles
-from limaml.featurestore.store import open_feature_store
-from limaml.deploy.processes import LIMAML, Worker, bootstrap_of, child_env, free_port, free_port_run, poll, run_kafka_sh
+from limaml.deploy.processes import LIMAML, ChildProcess, bootstrap_of, child_env, free_port, free_port_run, poll, run_kafka_sh
 from limaml.stream.topics import KafkaConfig, KafkaConnectionError, connect_admin, ensure_topics
 
+from .conftest import write_profiles
 from .test_pipeline import DATASET, PARTITIONS, Pipeline  # noqa: F401 - DATASET names the module's log
 from .test_serving_e2e import score
 
@@ -59,9 +57,9 @@ class SecuredPipeline(Pipeline):
     def kafka_args(self) -> list[str]:
         return [*super().kafka_args(), *security_args(self.kafka)]
 
-    def scoring_service(self) -> Worker:
+    def scoring_service(self) -> ChildProcess:
         port = free_port()
-        worker = Worker("serve", ["serve", *self.kafka_args(), "--port", str(port),
+        worker = ChildProcess("serve", ["serve", *self.kafka_args(), "--port", str(port),
                                   "--artifacts-dir", str(self.artifacts), "--repo-dir", str(self.feast_dir)],
                         port, self.work_dir)
         self.workers.append(worker)
@@ -73,13 +71,10 @@ def pipeline(secured_kafka: KafkaConfig, artifacts: Path, dataset: InteractionLo
              tmp_path: Path) -> Iterator[SecuredPipeline]:
     kafka = replace(secured_kafka, topic_prefix=f"sec{uuid.uuid4().hex[:10]}", partitions=PARTITIONS)
     ensure_topics(kafka)
-    feast_dir = tmp_path / "feast"
-    write_member_profiles(open_feature_store(FeatureStoreConfig(
-        repo_dir=feast_dir, profile_fields=",".join(sorted(dataset.member_features)))), dataset)
-    pipeline = SecuredPipeline(kafka, artifacts, feast_dir, tmp_path)
+    write_profiles(dataset, tmp_path / "feast")
+    pipeline = SecuredPipeline(kafka, artifacts, tmp_path / "feast", tmp_path)
     yield pipeline
-    for worker in pipeline.workers:
-        worker.stop()
+    pipeline.stop_workers()
 
 
 def test_the_pipeline_runs_on_a_secured_broker(pipeline: SecuredPipeline, dataset: InteractionLog) -> None:

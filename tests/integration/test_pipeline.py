@@ -7,8 +7,10 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import pytest
@@ -23,7 +25,6 @@ from limaml.data import InteractionLog
 from limaml.encoding import FeatureEncoder
 from limaml.deploy.telemetry import parse_metrics, total
 from limaml.featurestore.embeddings import EmbeddingReader
-from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
 from limaml.stream.refresh import RefreshRequester
@@ -31,8 +32,8 @@ from limaml.stream.records import AdaptRequest
 from limaml.stream.source_offsets import is_member_key
 from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics, member_partition
 
-from .conftest import delete_topics_with_prefix, read_dead_letters, records_in_topic
-from limaml.deploy.processes import Worker, free_port, poll
+from .conftest import delete_topics_with_prefix, read_dead_letters, records_in_topic, write_profiles
+from limaml.deploy.processes import ChildProcess, free_port, poll
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -48,8 +49,22 @@ class Pipeline:
     artifacts: Path
     feast_dir: Path
     work_dir: Path
-    workers: list[Worker] = field(default_factory=list)
+    workers: list[ChildProcess] = field(default_factory=list)
     online_store: str = "sqlite"  # the adaptation workers' [feast] online_store
+
+    @classmethod
+    @contextmanager
+    def running(cls, kafka: KafkaConfig, artifacts: Path, dataset: InteractionLog, work_dir: Path) -> Iterator[Self]:
+        """A pipeline with its topics created and the dataset's profiles in its Feast repo;
+        afterwards its workers are stopped and its topics, the workers' changelogs too, deleted."""
+        ensure_topics(kafka)
+        write_profiles(dataset, work_dir / "feast")
+        pipeline = cls(kafka, artifacts, work_dir / "feast", work_dir)
+        try:
+            yield pipeline
+        finally:
+            pipeline.stop_workers()
+            delete_topics_with_prefix(kafka.bootstrap, kafka.topic_prefix)
 
     @property
     def topics(self) -> TopicNames:
@@ -59,9 +74,9 @@ class Pipeline:
         return ["--bootstrap", self.kafka.bootstrap, "--topic-prefix", self.kafka.topic_prefix,
                 "--partitions", str(self.kafka.partitions)]
 
-    def stream_worker(self, worker_id: str = "0", max_staleness_s: float = 1.0) -> Worker:
+    def stream_worker(self, worker_id: str = "0", max_staleness_s: float = 1.0) -> ChildProcess:
         port = free_port()
-        worker = Worker(f"stream-{worker_id}", [
+        worker = ChildProcess(f"stream-{worker_id}", [
             "stream", *self.kafka_args(), "--worker-id", worker_id,
             "--data-dir", str(self.work_dir / "stream"), "--web-port", str(port),
             "--support-size", str(SUPPORT_SIZE), "--min-new-signals", str(MIN_NEW_SIGNALS),
@@ -69,15 +84,19 @@ class Pipeline:
         self.workers.append(worker)
         return worker.start()
 
-    def adapt_worker(self) -> Worker:
+    def adapt_worker(self) -> ChildProcess:
         port = free_port()
-        worker = Worker("adapt", [
+        worker = ChildProcess("adapt", [
             "adapt", *self.kafka_args(), "--artifacts-dir", str(self.artifacts),
             "--repo-dir", str(self.feast_dir), "--online-store", self.online_store,
             "--data-dir", str(self.work_dir / "adapt"),
             "--web-port", str(port), "--device", "cpu"], port, self.work_dir)
         self.workers.append(worker)
         return worker.start()
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.stop()
 
     def produce(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
         producer = Producer({"bootstrap.servers": self.kafka.bootstrap,
@@ -95,16 +114,8 @@ def pipeline(kafka_bootstrap: str, artifacts: Path, dataset: InteractionLog,
              tmp_path: Path) -> Iterator[Pipeline]:
     kafka = KafkaConfig(bootstrap=kafka_bootstrap, topic_prefix=f"p{uuid.uuid4().hex[:10]}",
                         partitions=PARTITIONS)
-    ensure_topics(kafka)
-    feast_dir = tmp_path / "feast"
-    fields = ",".join(sorted(dataset.member_features))
-    write_member_profiles(open_feature_store(FeatureStoreConfig(repo_dir=feast_dir,
-                                                                profile_fields=fields)), dataset)
-    pipeline = Pipeline(kafka, artifacts, feast_dir, tmp_path)
-    yield pipeline
-    for worker in pipeline.workers:
-        worker.stop()
-    delete_topics_with_prefix(kafka_bootstrap, kafka.topic_prefix)  # also the workers' changelogs
+    with Pipeline.running(kafka, artifacts, dataset, tmp_path) as pipeline:
+        yield pipeline
 
 
 def events_by_member(events: list[InteractionEvent]) -> dict[str, list[InteractionEvent]]:
@@ -114,7 +125,7 @@ def events_by_member(events: list[InteractionEvent]) -> dict[str, list[Interacti
     return grouped
 
 
-def support_sets_match(worker: Worker, expected: dict[str, list[InteractionEvent]],
+def support_sets_match(worker: ChildProcess, expected: dict[str, list[InteractionEvent]],
                        behind: dict[str, object]) -> bool:
     """True once every member's table row holds exactly its events; fails on over-counting.
     `behind` collects the members still short of their events."""
@@ -218,7 +229,7 @@ def test_events_in_embeddings_out_and_stale_requests_never_regress_them(
                           f"{adapt.log_tail(15)}")
 
 
-def requests_sent(stream: Worker, reason: str) -> float:
+def requests_sent(stream: ChildProcess, reason: str) -> float:
     """The stream worker's adapt requests sent for `reason`."""
     scrape = parse_metrics((stream.get("/metrics") or b"").decode())
     return total(scrape, "limaml_stream_adapt_requests_total", reason=reason)

@@ -26,11 +26,10 @@ from confluent_kafka import Producer
 
 from limaml.adapters.events import events_from_log
 from limaml.adapters.registry import load_dataset
-from limaml.featurestore.config import FeatureStoreConfig
-from limaml.featurestore.profiles import write_member_profiles
-from limaml.featurestore.store import open_feature_store
-from limaml.deploy.processes import LIMAML, Worker, free_port, poll
+from limaml.deploy.processes import LIMAML, ChildProcess, free_port, poll
 from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
+
+from .conftest import write_profiles
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -83,9 +82,7 @@ def test_tokens_https_and_a_redis_password_guard_the_pipeline_and_no_secret_leak
     save_tiny_model(artifacts, dataset)
     certificates = make_certificates(tmp_path / "tls")
     feast_dir = tmp_path / "feast"
-    write_member_profiles(open_feature_store(FeatureStoreConfig(
-        repo_dir=feast_dir, online_store=redis_url, redis_password=REDIS_PASSWORD,
-        profile_fields=",".join(sorted(dataset.member_features)))), dataset)
+    write_profiles(dataset, feast_dir, online_store=redis_url, redis_password=REDIS_PASSWORD)
     kafka = KafkaConfig(bootstrap=kafka_bootstrap, topic_prefix=f"sec{uuid.uuid4().hex[:10]}", partitions=PARTITIONS)
     ensure_topics(kafka)
 
@@ -100,13 +97,13 @@ def test_tokens_https_and_a_redis_password_guard_the_pipeline_and_no_secret_leak
     feast_args = ["--repo-dir", str(feast_dir), "--online-store", redis_url]
     ports = {name: free_port() for name in TOKENS}
     workers = {  # -v: debug logging, the most a log could give away
-        "stream": Worker("stream", ["-v", "stream", *kafka_args, "--data-dir", str(tmp_path / "stream"),
+        "stream": ChildProcess("stream", ["-v", "stream", *kafka_args, "--data-dir", str(tmp_path / "stream"),
                                     "--web-port", str(ports["stream"]), "--min-new-signals", "3",
                                     "--max-staleness-s", "1", "--check-interval-s", "0.2"], ports["stream"], tmp_path),
-        "adapt": Worker("adapt", ["-v", "adapt", *kafka_args, *feast_args, "--artifacts-dir", str(artifacts),
+        "adapt": ChildProcess("adapt", ["-v", "adapt", *kafka_args, *feast_args, "--artifacts-dir", str(artifacts),
                                   "--data-dir", str(tmp_path / "adapt"), "--web-port", str(ports["adapt"]),
                                   "--device", "cpu"], ports["adapt"], tmp_path),
-        "serve": Worker("serve", ["-v", "serve", *kafka_args, *feast_args, "--port", str(ports["serve"]),
+        "serve": ChildProcess("serve", ["-v", "serve", *kafka_args, *feast_args, "--port", str(ports["serve"]),
                                   "--artifacts-dir", str(artifacts), "--ssl-certfile", str(certificates.cert),
                                   "--ssl-keyfile", str(certificates.key)], ports["serve"], tmp_path),
     }

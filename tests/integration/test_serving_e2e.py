@@ -18,13 +18,10 @@ from conftest import save_tiny_model
 from limaml.adapters.events import InteractionEvent, events_from_log
 from limaml.artifacts import load_artifact, save_artifact
 from limaml.data import InteractionLog
-from limaml.featurestore.profiles import write_member_profiles
-from limaml.featurestore.config import FeatureStoreConfig
-from limaml.featurestore.store import open_feature_store
-from limaml.deploy.processes import Worker, free_port, poll
+from limaml.deploy.processes import ChildProcess, free_port, poll
 from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
 
-from .conftest import delete_topics_with_prefix
+from .conftest import delete_topics_with_prefix, write_profiles
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -38,23 +35,22 @@ def stack(kafka_bootstrap: str, dataset: InteractionLog, tmp_path: Path) -> Iter
     artifacts = tmp_path / "artifacts"
     save_tiny_model(artifacts, dataset)
     feast_dir = tmp_path / "feast"
-    write_member_profiles(open_feature_store(FeatureStoreConfig(
-        repo_dir=feast_dir, profile_fields=",".join(sorted(dataset.member_features)))), dataset)
+    write_profiles(dataset, feast_dir)
     kafka = KafkaConfig(bootstrap=kafka_bootstrap, topic_prefix=f"s{uuid.uuid4().hex[:10]}", partitions=PARTITIONS)
     ensure_topics(kafka)
     kafka_args = ["--bootstrap", kafka.bootstrap, "--topic-prefix", kafka.topic_prefix,
                   "--partitions", str(PARTITIONS)]
     ports = {name: free_port() for name in ("stream", "adapt", "serve")}
     workers = {
-        "stream": Worker("stream", ["stream", *kafka_args, "--data-dir", str(tmp_path / "stream"),
+        "stream": ChildProcess("stream", ["stream", *kafka_args, "--data-dir", str(tmp_path / "stream"),
                                     "--web-port", str(ports["stream"]), "--min-new-signals", "3",
                                     "--max-staleness-s", "1", "--check-interval-s", "0.2"],
                          ports["stream"], tmp_path),
-        "adapt": Worker("adapt", ["adapt", *kafka_args, "--artifacts-dir", str(artifacts),
+        "adapt": ChildProcess("adapt", ["adapt", *kafka_args, "--artifacts-dir", str(artifacts),
                                   "--repo-dir", str(feast_dir), "--data-dir", str(tmp_path / "adapt"),
                                   "--web-port", str(ports["adapt"]), "--device", "cpu"],
                         ports["adapt"], tmp_path),
-        "serve": Worker("serve", ["serve", *kafka_args, "--port", str(ports["serve"]),
+        "serve": ChildProcess("serve", ["serve", *kafka_args, "--port", str(ports["serve"]),
                                   "--artifacts-dir", str(artifacts), "--repo-dir", str(feast_dir),
                                   "--model-poll-s", "0.2"], ports["serve"], tmp_path),
     }
@@ -69,7 +65,7 @@ def stack(kafka_bootstrap: str, dataset: InteractionLog, tmp_path: Path) -> Iter
         delete_topics_with_prefix(kafka_bootstrap, kafka.topic_prefix)  # also the workers' changelogs
 
 
-def score(serve: Worker, member_id: str, items: list[str]) -> dict:
+def score(serve: ChildProcess, member_id: str, items: list[str]) -> dict:
     request = urllib.request.Request(
         f"http://127.0.0.1:{serve.web_port}/v1/score", method="POST",
         data=json.dumps({"member_id": member_id, "candidates": items}).encode(),

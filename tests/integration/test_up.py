@@ -21,7 +21,7 @@ from limaml.adapters.registry import load_dataset
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.featurestore.store import open_feature_store
-from limaml.deploy.processes import KAFKA_SH, LIMAML, free_port, poll
+from limaml.deploy.processes import BOOTSTRAP_VARIABLE, KAFKA_SH, LIMAML, free_port, poll
 from limaml.deploy.supervisor import running, start_time
 from limaml.deploy.telemetry import parse_metrics, total
 from limaml.stream.config import StreamConfig
@@ -55,6 +55,12 @@ def stack_command(command: str, artifacts: Path, work: Path, ports: list[int], *
             "--stream-port", str(ports[0]), "--adapt-port", str(ports[1]), "--serve-port", str(ports[2]),
             "--device", "cpu", "--partitions", "2", "--max-staleness-s", "0.5", "--view", "plain",
             "--refresh-s", "0.5", "--stop-timeout-s", "20", *extra]
+
+
+def own_broker_env() -> dict[str, str]:
+    """The environment of a `limaml up` that starts its own broker: without the inherited
+    LIMAML_KAFKA_BOOTSTRAP, which would name another one."""
+    return {name: value for name, value in os.environ.items() if name != BOOTSTRAP_VARIABLE}
 
 
 def metric(port: int, name: str) -> float:
@@ -109,8 +115,7 @@ def test_up_runs_the_pipeline_and_ctrl_c_stops_everything(artifacts: Path, tmp_p
     with stdout.open("wb") as out, stderr.open("wb") as err:
         # A session of its own, so the Ctrl-C below reaches what a terminal's would: its group.
         up = subprocess.Popen(stack_command("up", artifacts, work, ports, "--rate", "200"),
-                              stdout=out, stderr=err, start_new_session=True,
-                              env={k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"})  # its own broker
+                              stdout=out, stderr=err, start_new_session=True, env=own_broker_env())
     try:
         def running_pipeline() -> bool:
             if up.poll() is not None:
@@ -228,8 +233,7 @@ def test_up_restarts_a_killed_worker_and_loses_or_doubles_no_event(busy_artifact
     with stdout.open("wb") as out, stderr.open("wb") as err:
         up = subprocess.Popen(stack_command("up", busy_artifacts, work, ports, "--rate", "1000",
                                             dataset=BUSY_DATASET),
-                              stdout=out, stderr=err, start_new_session=True,
-                              env={k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"})
+                              stdout=out, stderr=err, start_new_session=True, env=own_broker_env())
 
     def running() -> None:
         if up.poll() is not None:
