@@ -278,7 +278,7 @@ class Stack:
     def _bring_up(self, dataset: InteractionLog) -> None:
         from limaml.featurestore.config import PASSWORD_FIELDS, SETTINGS
         from limaml.featurestore.profiles import write_member_profiles
-        from limaml.featurestore.store import open_feature_store
+        from limaml.featurestore.store import online_store_answering, open_feature_store
 
         config = self.config
         if not log.isEnabledFor(logging.DEBUG):
@@ -303,7 +303,8 @@ class Stack:
         password = {name: configured[name] for name in PASSWORD_FIELDS}  # from where the workers read it
         feast = FeatureStoreConfig(repo_dir=self.work / "feast", profile_fields=fields, **password,
                                    **handed_on(config, FeatureStoreConfig))
-        profiles = write_member_profiles(open_feature_store(feast), dataset)
+        with online_store_answering(feast):
+            profiles = write_member_profiles(open_feature_store(feast), dataset)
         log.info("Feast store %s (%s): %s member profiles", feast.repo_dir, feast.shown_online_store,
                  f"{profiles:,}")
 
