@@ -55,6 +55,10 @@ class AdaptMetrics:
         self.batch_seconds = Histogram("limaml_adapt_batch_seconds",
                                        "Adaptation and write time per micro-batch",
                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.stage_seconds = Histogram("limaml_adapt_stage_seconds",
+                                       "Time per micro-batch in each stage: read (profiles and stored "
+                                       "versions), adapt, write (conditional), publish (Kafka sends)",
+                                       ["stage"], buckets=LATENCY_BUCKETS, registry=r)
         self.trigger_delay = Histogram("limaml_adapt_trigger_delay_seconds",
                                        "Newest event produced -> its adapt request sent",
                                        buckets=LATENCY_BUCKETS, registry=r)
