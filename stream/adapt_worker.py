@@ -41,6 +41,7 @@ from limaml.featurestore.store import open_feature_store
 from limaml.featurestore.conditional_write import delete_entities
 from limaml.featurestore.embeddings import JOIN_KEY, VIEW, EmbeddingWriter, MemberEmbedding, stored_is_newer
 from limaml.featurestore.profiles import VIEW as PROFILE_VIEW
+from limaml.stream.batching import BatchLimit, take_growing
 from limaml.stream.config import AdaptConfig
 from limaml.stream.faust_client import create_faust_app
 from limaml.stream.metrics import AdaptMetrics
@@ -152,7 +153,7 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
 
     @app.agent(requests_topic)
     async def adapt(stream: faust.StreamT) -> None:
-        async for batch in stream.take(config.max_batch, within=config.max_wait_s):
+        async for batch in take_growing(stream, BatchLimit(config.batch_size, config.max_batch), config.max_wait_s):
             started = time.time()
             erasures, survivors = split_erasures(list(batch))
             if erasures:
