@@ -16,6 +16,11 @@ and stored in Feast's layout (feast 0.67), so `get_online_features` reads them u
   written in MULTI/EXEC; a write to any of them in between aborts the EXEC, and the batch is
   read and tested again.
 
+`ConditionalWriter.read` reads stored features of several views keyed by the same join key
+in one step: one SELECT over their tables (SQLite), one pipeline of HMGETs (Redis, where an
+entity's views are fields of one hash). The adaptation workers read a batch's profiles and
+stored (model_version, seq) with it, instead of one `get_online_features` per view.
+
 `delete_entities` erases entities from every view keyed by them, in one atomic step per store:
 a DELETE of their rows in every such table in one transaction (SQLite), a DEL of their hashes,
 which hold all those views' fields (Redis).
@@ -24,7 +29,7 @@ which hold all those views' fields (Redis).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
 from datetime import datetime
 from typing import Any
@@ -93,6 +98,7 @@ class ConditionalWriter:
     def __init__(self, store: FeatureStore, view_name: str) -> None:
         self.config: RepoConfig = store.config
         self.view: FeatureView = store.get_feature_view(view_name)
+        self._store = store
         self._redis: Redis | None = None
         online = self.config.online_store
         if online.type not in ("sqlite", "redis"):
@@ -104,6 +110,46 @@ class ConditionalWriter:
         if online.type == "redis" and online.redis_type != RedisType.redis:
             raise ValueError(f"conditional writes need a single Redis server (WATCH/MULTI), "
                              f"not redis_type {online.redis_type.value}")
+
+    def read(self, values: Sequence[str], features: Mapping[str, Sequence[str]]) -> dict[str, dict[str, dict[str, Any]]]:
+        """The stored `features` (view name -> feature names; views keyed by this view's join key
+        alone) of the entities whose join key is one of `values`, in one read: entity value ->
+        view name -> feature -> value; a feature with no stored value is left out."""
+        unique = list(dict.fromkeys(values))
+        found: dict[str, dict[str, dict[str, Any]]] = {value: {view: {} for view in features} for value in unique}
+        if not unique or not features:
+            return found
+        [join_key] = [column.name for column in self.view.entity_columns]
+        entity_keys = [EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(string_val=value)])
+                       for value in unique]
+        views = {name: self.view if name == self.view.name else self._store.get_feature_view(name)
+                 for name in features}
+        if self.config.online_store.type == "sqlite":
+            keys = [serialize_entity_key(key, entity_key_serialization_version=self._key_version)
+                    for key in entity_keys]
+            value_of = dict(zip(keys, unique))
+            selects, parameters = [], []
+            for name, view in views.items():
+                table = _quote_id(compute_table_id(self.config.project, view, self._versioning))
+                selects.append(f"SELECT ?, entity_key, feature_name, value FROM {table} "
+                               f"WHERE entity_key IN ({','.join('?' * len(keys))}) "
+                               f"AND feature_name IN ({','.join('?' * len(features[name]))})")
+                parameters += [name, *keys, *features[name]]
+            with closing(sqlite3.connect(SqliteOnlineStore._get_db_path(self.config))) as db:
+                for name, key, feature, value in db.execute(" UNION ALL ".join(selects), parameters):
+                    found[value_of[key]][name][feature] = _decode(value)
+            return found
+        fields = [(name, feature, _mmh3(f"{compute_versioned_name(view, self._versioning)}:{feature}"))
+                  for name, view in views.items() for feature in features[name]]
+        with self._redis_client().pipeline(transaction=False) as reads:
+            for key in entity_keys:
+                reads.hmget(_redis_key(self.config.project, key, entity_key_serialization_version=self._key_version),
+                            [field for _, _, field in fields])
+            for value, reply in zip(unique, reads.execute()):
+                for (name, feature, _), stored in zip(fields, reply):
+                    if stored is not None:
+                        found[value][name][feature] = _decode(stored)
+        return found
 
     def write_where(self, frame: pd.DataFrame, compared: Sequence[str], accept: Accept) -> list[int]:
         """Write each row of `frame` (one per entity, the columns a push takes) whose entity's

@@ -83,6 +83,13 @@ def replaces(new: MemberEmbedding, model_version: str, seq: int, active_version:
     return new.model_version == active_version
 
 
+def stored_is_newer(stored: Mapping[str, Any], model_version: str, seq: int) -> bool:
+    """Whether stored `ORDER_FEATURES` are those of an embedding of `model_version` with a seq
+    of at least `seq`: one that an embedding of (model_version, seq) never replaces, whatever
+    version is active."""
+    return stored.get("model_version") == model_version and stored.get("seq", -1) >= seq
+
+
 def no_active_version() -> None:
     """For a writer told of no active version: no embedding replaces one of another model."""
     return None
@@ -102,6 +109,14 @@ class EmbeddingWriter:
         self.meta_dim = meta_dim
         self.active_version = active_version
         self._rows = ConditionalWriter(store, VIEW)
+
+    def read(self, member_ids: Sequence[str],
+             also: Mapping[str, Sequence[str]]) -> dict[str, dict[str, dict[str, Any]]]:
+        """In one store read, the members' stored `ORDER_FEATURES` (under `VIEW`) and `also`
+        (other views' features by view name, e.g. the members' profiles): member -> view ->
+        feature -> value, a feature without a stored value left out. What it says of the order
+        may be outdated by the time of a write, which checks it again (`write`)."""
+        return self._rows.read(member_ids, {**also, VIEW: ORDER_FEATURES})
 
     def write(self, embeddings: Sequence[MemberEmbedding]) -> list[MemberEmbedding]:
         """Write, in one atomic step, the embeddings that replace the stored ones; returns those.

@@ -33,13 +33,15 @@ import faust
 import torch
 from aiohttp.web import Response
 from faust.web import Request, View
+from prometheus_client import Histogram
 
 from limaml.adapt_version import AdaptVersion, AdaptModel
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
 from limaml.featurestore.conditional_write import delete_entities
-from limaml.featurestore.embeddings import JOIN_KEY, EmbeddingWriter, MemberEmbedding
-from limaml.featurestore.profiles import read_member_profiles
+from limaml.featurestore.embeddings import JOIN_KEY, VIEW, EmbeddingWriter, MemberEmbedding, stored_is_newer
+from limaml.featurestore.profiles import VIEW as PROFILE_VIEW
+from limaml.stream.batching import BatchLimit, take_growing
 from limaml.stream.config import AdaptConfig
 from limaml.stream.faust_client import create_faust_app
 from limaml.stream.metrics import AdaptMetrics
@@ -74,9 +76,10 @@ def split_erasures(batch: list[AdaptRequest]) -> tuple[list[AdaptRequest], list[
 class BatchAdapter:
     """The blocking part of a micro-batch, run in the worker's single adaptation thread."""
 
-    def __init__(self, model: AdaptVersion, feast: FeatureStoreConfig) -> None:
+    def __init__(self, model: AdaptVersion, feast: FeatureStoreConfig, stage_seconds: Histogram) -> None:
         self.model = model
         self.feast = feast
+        self.stage_seconds = stage_seconds  # labelled by stage: read, adapt, write
         self._opened: tuple[tuple[str, int], Any, EmbeddingWriter] | None = None
 
     def _open(self, served: AdaptModel) -> tuple[Any, EmbeddingWriter]:
@@ -96,25 +99,35 @@ class BatchAdapter:
         delete_entities(store, JOIN_KEY, member_ids)
 
     def __call__(self, requests: list[AdaptRequest]) -> tuple[list[MemberEmbedding], int]:
-        """Adapt and store; returns the embeddings written (not superseded) and how many were not."""
+        """Adapt and store; returns the embeddings written and how many requests were not
+        (superseded: a newer embedding was stored before, or in the meantime)."""
         served = self.model.current
+        started = time.perf_counter()
         store, writer = self._open(served)
-        member_ids = [r.member_id for r in requests]
-        profiles = read_member_profiles(store, member_ids)
+        fields = list(served.artifact.schema.member_fields)  # the fields the store was opened with
+        stored = writer.read([r.member_id for r in requests], {PROFILE_VIEW: fields})
+        current = [r for r in requests if not stored_is_newer(stored[r.member_id][VIEW], served.version, r.seq)]
+        read = time.perf_counter()
+        self.stage_seconds.labels("read").observe(read - started)
+        if not current:
+            return [], len(requests)
         encoder = served.encoder
-        supports = [encoder.support(profiles.get(r.member_id), r.item_ids, r.labels, r.contexts)
-                    for r in requests]
+        supports = [encoder.support(stored[r.member_id][PROFILE_VIEW] or None, r.item_ids, r.labels, r.contexts)
+                    for r in current]
         vectors = served.engine.adapt_members(supports)  # [B, E]
         adapted_at = int(time.time() * 1000)
+        adapted = time.perf_counter()
+        self.stage_seconds.labels("adapt").observe(adapted - read)
         embeddings = [
             MemberEmbedding(member_id=r.member_id, vector=vector, model_version=served.version,
                             seq=r.seq, support_size=len(r.item_ids),
                             newest_event_ts=r.newest_event_ts, adapted_at=adapted_at,
                             newest_produced_at=int(r.newest_produced_at * 1000))
-            for r, vector in zip(requests, vectors)
+            for r, vector in zip(current, vectors)
         ]
         written = writer.write(embeddings)
-        return written, len(embeddings) - len(written)
+        self.stage_seconds.labels("write").observe(time.perf_counter() - adapted)
+        return written, len(requests) - len(written)
 
 
 def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStoreConfig,
@@ -135,12 +148,12 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
     refresh_topic, erasure_answers = topics.refresh_requests, topics.erasure_answers
     torch.set_num_threads(config.torch_threads)
     model = AdaptVersion(config.artifacts_dir, config.device, config.compile)
-    adapter = BatchAdapter(model, feast)
+    adapter = BatchAdapter(model, feast, metrics.stage_seconds)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="limaml-adapt")
 
     @app.agent(requests_topic)
     async def adapt(stream: faust.StreamT) -> None:
-        async for batch in stream.take(config.max_batch, within=config.max_wait_s):
+        async for batch in take_growing(stream, BatchLimit(config.batch_size, config.max_batch), config.max_wait_s):
             started = time.time()
             erasures, survivors = split_erasures(list(batch))
             if erasures:
@@ -159,6 +172,7 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
             metrics.trigger_delay.observe(request.requested_at - request.newest_produced_at)
         written, superseded = await asyncio.get_running_loop().run_in_executor(executor, adapter, requests)
         done = time.time()
+        publishing = time.perf_counter()
         for embedding in written:  # the compacted topic must not step back either
             await embeddings_topic.send(key=embedding.member_id, value=embedding.to_json())
             metrics.freshness.observe(done - embedding.newest_produced_at / 1000)
@@ -167,6 +181,7 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
             await answers_topic.send(key=request.member_id, value=AdaptAnswer(
                 member_id=request.member_id, seq=request.seq,
                 written=request.member_id in written_members))
+        metrics.stage_seconds.labels("publish").observe(time.perf_counter() - publishing)
         metrics.embeddings.inc(len(written))
         metrics.skipped.inc(superseded)
 

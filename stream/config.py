@@ -34,7 +34,8 @@ class StreamConfig:
 @dataclass(frozen=True)
 class AdaptConfig:
     artifacts_dir: Path = Path("artifacts")  # model versions; the ACTIVE one is served
-    max_batch: int = 512  # most adapt requests in one micro-batch
+    batch_size: int = 256  # a micro-batch's size limit, doubled while batches come out full (a backlog)
+    max_batch: int = 4096  # the most adapt requests in one micro-batch (and buffered for the next)
     max_wait_s: float = 0.05  # longest wait to fill a micro-batch
     device: str = "auto"  # "auto" picks CUDA when present
     compile: bool = False  # torch.compile the inner loop (faster, compiles shapes on first use)

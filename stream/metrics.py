@@ -32,6 +32,7 @@ ADAPT_EMBEDDINGS = "limaml_adapt_embeddings_total"
 ADAPT_SKIPPED_STALE = "limaml_adapt_skipped_stale_total"
 ADAPT_BATCH_SIZE = "limaml_adapt_batch_size"
 ADAPT_BATCH_SECONDS = "limaml_adapt_batch_seconds"
+ADAPT_STAGE_SECONDS = "limaml_adapt_stage_seconds"
 ADAPT_TRIGGER_DELAY = "limaml_adapt_trigger_delay_seconds"
 ADAPT_REQUEST_WAIT = "limaml_adapt_request_wait_seconds"
 ADAPT_ERASURES = "limaml_adapt_erasures_total"
@@ -48,8 +49,9 @@ class AppMetrics:
     def counter(self, name: str, documentation: str, *labels: str) -> Counter:
         return Counter(name, documentation, labels, registry=self.registry)
 
-    def histogram(self, name: str, documentation: str, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> Histogram:
-        return Histogram(name, documentation, buckets=buckets, registry=self.registry)
+    def histogram(self, name: str, documentation: str, buckets: tuple[float, ...] = LATENCY_BUCKETS,
+                  labels: tuple[str, ...] = ()) -> Histogram:
+        return Histogram(name, documentation, labels, buckets=buckets, registry=self.registry)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -76,6 +78,9 @@ class AdaptMetrics(AppMetrics):
         self.skipped = self.counter(ADAPT_SKIPPED_STALE, "Embeddings not written: a newer one was stored")
         self.batch_size = self.histogram(ADAPT_BATCH_SIZE, "Requests per micro-batch", BATCH_BUCKETS)
         self.batch_seconds = self.histogram(ADAPT_BATCH_SECONDS, "Adaptation and write time per micro-batch")
+        self.stage_seconds = self.histogram(
+            ADAPT_STAGE_SECONDS, "Time per micro-batch in each stage: read (profiles and stored versions), "
+            "adapt, write (conditional), publish (Kafka sends)", labels=("stage",))
         self.trigger_delay = self.histogram(ADAPT_TRIGGER_DELAY, "Newest event produced -> its adapt request sent")
         self.request_wait = self.histogram(ADAPT_REQUEST_WAIT, "Adapt request sent -> its micro-batch starts")
         self.erasures = self.counter(ADAPT_ERASURES,

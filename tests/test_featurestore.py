@@ -23,7 +23,7 @@ from feast import FeatureStore
 
 from limaml.adapters.registry import load_dataset
 from limaml.data import InteractionLog
-from limaml.featurestore import embeddings
+from limaml.featurestore import embeddings, profiles
 from limaml.featurestore.embeddings import EmbeddingReader, EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import read_member_profiles, write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
@@ -240,6 +240,29 @@ def test_profiles_round_trip(store: FeatureStore, small_log: InteractionLog) -> 
     for row, member in enumerate(everyone, start=1):
         assert second[member] == profile_of(shifted, row)
     assert sum(second[member] != first[member] for member in everyone) > len(everyone) // 2
+
+
+def test_one_read_returns_the_profiles_and_the_stored_order_of_a_batch(store: FeatureStore,
+                                                                        small_log: InteractionLog) -> None:
+    write_member_profiles(store, small_log)
+    with_profile, without = list(small_log.members.tokens[:3]), ["no-profile", "unknown"]
+    writer = EmbeddingWriter(store, DIM)
+    writer.write([embedding(with_profile[0], seq=4, model_version="v2"), embedding("no-profile", seq=9)])
+    fields = SYNTHETIC_FIELDS.split(",")
+    read = writer.read([*with_profile, *without, with_profile[0]], {profiles.VIEW: fields})
+    assert list(read) == [*with_profile, *without]  # each member once, in the order asked
+    assert read[with_profile[0]][embeddings.VIEW] == {"model_version": "v2", "seq": 4}
+    assert read["no-profile"] == {profiles.VIEW: {}, embeddings.VIEW: {"model_version": "v1", "seq": 9}}
+    assert read["unknown"] == {profiles.VIEW: {}, embeddings.VIEW: {}}
+    expected = read_member_profiles(store, with_profile)  # what Feast's own read returns
+    for member in with_profile:
+        assert read[member][profiles.VIEW] == expected[member]
+    assert [read[member][embeddings.VIEW] for member in with_profile[1:]] == [{}, {}]
+    # What the adaptation worker skips before adapting: only what the write would refuse anyway.
+    assert embeddings.stored_is_newer(read[with_profile[0]][embeddings.VIEW], "v2", 4)
+    assert not embeddings.stored_is_newer(read[with_profile[0]][embeddings.VIEW], "v2", 5)
+    assert not embeddings.stored_is_newer(read[with_profile[0]][embeddings.VIEW], "v3", 1)
+    assert not embeddings.stored_is_newer(read["unknown"][embeddings.VIEW], "v1", 0)
 
 
 def test_profiles_must_match_the_served_fields(tmp_path: Path, small_log: InteractionLog) -> None:
