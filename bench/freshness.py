@@ -70,6 +70,13 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 12
     return time.monotonic() - started
 
 
+def process_cpu_s(worker: Worker) -> float:
+    """User and system CPU seconds a worker's process has used so far (Linux `/proc`)."""
+    assert worker.process is not None
+    fields = Path(f"/proc/{worker.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class EmbeddingWatcher(threading.Thread):
     """(write time, freshness) of every meta-embeddings record, both in epoch seconds: its
     Kafka timestamp, and that minus its newest event's (`bench/chaos.py` uses it too)."""
@@ -248,13 +255,17 @@ def main() -> None:
         raw_rate = args.backlog / raw_s
         stream = backlog.start("stream")
         poll(lambda: stream.metric("limaml_stream_events_total") > 0, 120, "the first applied event")
-        first = time.monotonic()
+        first, first_cpu_s = time.monotonic(), process_cpu_s(stream)
+        first_events = stream.metric("limaml_stream_events_total")
         poll(lambda: stream.metric("limaml_stream_events_total") >= args.backlog, 600,
              "the backlog applied", interval_s=0.05)
         stream_rate = args.backlog / (time.monotonic() - first)
+        cpu_ms_per_event = 1000 * (process_cpu_s(stream) - first_cpu_s) / (args.backlog - first_events)
         stream.stop()
         print(f"raw consumer: {raw_rate:,.0f} events/s; stream worker: {stream_rate:,.0f} events/s "
-              f"(x{stream_rate / raw_rate:.3f} of raw), backlog {args.backlog}")
+              f"(x{stream_rate / raw_rate:.3f} of raw), backlog {args.backlog}; the stream worker's "
+              f"CPU time {cpu_ms_per_event:.3f} ms per event (all its threads: a figure that "
+              f"depends less on what else runs than events/s)")
 
         sustained = freshness_phase(Stack(bootstrap, synthetic, work, exits, args.max_staleness_s),
                                     f"synthetic at {args.rate:g} events/s", rate=args.rate,
