@@ -39,10 +39,6 @@ from limaml.stream.topics import KafkaConfig
 
 log = logging.getLogger(__name__)
 
-FAUST_VERSION = "0.15.3"
-"""The faust-streaming version whose private code `LowLatencyConsumer._drain_messages` and
-`limaml.stream.event_batches` copy (tests/test_event_batches.py fails on another one)."""
-
 FETCH_MAX_WAIT_MS = 50
 """The longest the broker holds a fetch request that finds no new records. An idle worker
 sends about 20 empty fetches a second: nothing for a broker."""
