@@ -32,6 +32,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
+import psutil
 from confluent_kafka import Consumer, KafkaError, KafkaException
 
 from limaml.adapters.registry import load_dataset
@@ -68,6 +69,13 @@ def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 12
     if count < expected or started is None:
         raise RuntimeError(f"read {count} of {expected} messages from {topic}")
     return time.monotonic() - started
+
+
+def process_cpu_s(worker: ChildProcess) -> float:
+    """User and system CPU seconds a worker's process has used so far."""
+    assert worker.process is not None
+    times = psutil.Process(worker.process.pid).cpu_times()
+    return times.user + times.system
 
 
 class EmbeddingWatcher(threading.Thread):
@@ -254,13 +262,17 @@ def main() -> None:
         raw_rate = args.backlog / raw_s
         stream = backlog.start("stream")
         poll(lambda: stream.metric("limaml_stream_events_total") > 0, 120, "the first applied event")
-        first = time.monotonic()
+        first, first_cpu_s = time.monotonic(), process_cpu_s(stream)
+        first_events = stream.metric("limaml_stream_events_total")
         poll(lambda: stream.metric("limaml_stream_events_total") >= args.backlog, 600,
              "the backlog applied", interval_s=0.05)
         stream_rate = args.backlog / (time.monotonic() - first)
+        cpu_ms_per_event = 1000 * (process_cpu_s(stream) - first_cpu_s) / (args.backlog - first_events)
         stream.stop()
         print(f"raw consumer: {raw_rate:,.0f} events/s; stream worker: {stream_rate:,.0f} events/s "
-              f"(x{stream_rate / raw_rate:.3f} of raw), backlog {args.backlog}")
+              f"(x{stream_rate / raw_rate:.3f} of raw), backlog {args.backlog}; the stream worker's "
+              f"CPU time {cpu_ms_per_event:.3f} ms per event (all its threads: a figure that "
+              f"depends less on what else runs than events/s)")
 
         sustained = freshness_phase(Stack(bootstrap, synthetic, work, exits, args.max_staleness_s),
                                     f"synthetic at {args.rate:g} events/s", rate=args.rate,

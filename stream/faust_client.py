@@ -41,6 +41,10 @@ from limaml.stream.topics import KafkaConfig
 
 log = logging.getLogger(__name__)
 
+FAUST_VERSION = "0.15.3"
+"""The faust-streaming version whose private code `LowLatencyConsumer._drain_messages` copies
+(tests/test_faust_client.py fails on another one: compare the copy with it first)."""
+
 FETCH_MAX_WAIT_MS = 50
 """The longest the broker holds a fetch request that finds no new records. An idle worker
 sends about 20 empty fetches a second: nothing for a broker."""

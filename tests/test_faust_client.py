@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from limaml.adapters.registry import load_dataset
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.stream.adapt_worker import create_adapt_app
 from limaml.stream.config import AdaptConfig, StreamConfig
-from limaml.stream.faust_client import FETCH_MAX_WAIT_MS
+from limaml.stream.faust_client import FAUST_VERSION, FETCH_MAX_WAIT_MS
 from limaml.stream.ingest import create_stream_app
 from limaml.stream.topics import KafkaConfig
 
@@ -81,3 +82,9 @@ async def test_a_message_is_delivered_without_the_suspend_race_only_when_its_del
         assert not consumer._delivers_at_once(message)
     finally:
         consumer._thread.thread_loop.close()
+
+
+def test_the_installed_faust_is_the_version_the_copy_of_its_fetch_loop_follows() -> None:
+    """`LowLatencyConsumer._drain_messages` copies faust-streaming's private fetch loop: another
+    version may have changed it. Compare the copy with the new version's before moving this."""
+    assert version("faust-streaming") == FAUST_VERSION
