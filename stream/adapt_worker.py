@@ -135,7 +135,7 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
     metrics = AdaptMetrics()
     (config.data_dir / worker_id).mkdir(parents=True, exist_ok=True)
     app = create_faust_app(
-        kafka, "adapt", worker_id,
+        kafka, "adapt",
         store="memory://",  # stateless: no tables
         datadir=str(config.data_dir / worker_id),
         web_bind=config.web_bind,

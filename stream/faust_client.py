@@ -15,17 +15,15 @@
    suspension (four asyncio tasks per message) when its delivery cannot suspend anyway
    (see `LowLatencyConsumer._drain_messages`).
 
-The apps connect with `[kafka]`'s security settings (see `broker_credentials`), join their
-consumer group as static members (see `group_instance_id`), and every topic Faust creates
-itself (table changelogs, internal topics) gets limaml's topic config, `min.insync.replicas`
-above all (see `create_topics_with`).
+The apps connect with `[kafka]`'s security settings (see `broker_credentials`). And every
+topic Faust creates itself (table changelogs, internal topics) gets limaml's topic
+config, `min.insync.replicas` above all (see `create_topics_with`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 from collections.abc import Callable, Mapping, Set
 from typing import Any
@@ -180,34 +178,13 @@ def resume_from_table_offsets(app: faust.App, resume_offsets: ResumeOffsets) -> 
     _resume_offsets[app] = resume_offsets
 
 
-def create_faust_app(kafka: KafkaConfig, role: str, worker_id: str, **settings: Any) -> faust.App:
+def create_faust_app(kafka: KafkaConfig, role: str, **settings: Any) -> faust.App:
     """A Faust app of one worker kind ("stream", "adapt") with limaml's shared Kafka settings."""
     app = faust.App(kafka.faust_app_id(role), **kafka.faust_settings(),
-                    broker_credentials=broker_credentials(kafka),
-                    consumer_group_instance_id=group_instance_id(kafka, role, worker_id), **settings)
+                    broker_credentials=broker_credentials(kafka), **settings)
     app.transport.Consumer = LowLatencyConsumer  # before `app.consumer` is first created
     create_topics_with(app, kafka.topic_config)
     return app
-
-
-def group_instance_id(kafka: KafkaConfig, role: str, worker_id: str) -> str:
-    """The worker's static membership of its consumer group (KIP-345): its host and worker id.
-
-    A dynamic member that dies holds its partitions until its session times out: the
-    broker's rebalance for its restarted successor waits for the dead member's session to
-    end, up to `session_timeout_s` (10 s) after its last heartbeat. A static member restarted
-    under the same id takes its own place at once. A stream worker killed (-9) and restarted
-    at once, on the loaded 2-core machine (load average 14-17): group joined 8.5 / 8.8 s
-    after the kill with a dynamic membership (the join waited 4.4 s for the session to end),
-    4.1 s as a static member (no wait), ready at 9.4 s and 5.3 s.
-
-    The host is part of the id because adaptation workers are scaled as copies with the same
-    worker id (`--scale adapt=N`, adapt beside adapt-gpu): each container has a host name of
-    its own, and keeps it across a restart of its process. Two live members with one id would
-    fence each other: two workers of a kind on one host need distinct worker ids (as they
-    need distinct state directories). The cost: a static member that stops does not leave
-    the group, so its partitions move to the other workers only after its session timeout."""
-    return f"{kafka.faust_app_id(role)}-{socket.gethostname()}-{worker_id}"
 
 
 def broker_credentials(kafka: KafkaConfig) -> faust.types.auth.CredentialsT | None:

@@ -307,7 +307,7 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
     metrics = StreamMetrics()
     (config.data_dir / worker_id).mkdir(parents=True, exist_ok=True)
     app = create_faust_app(
-        kafka, "stream", worker_id,
+        kafka, "stream",
         store=store,
         datadir=str(config.data_dir / worker_id),
         web_bind=config.web_bind,

@@ -218,7 +218,7 @@ async def produce_while_the_leader_dies(kafka: KafkaConfig, topic: str, freeze_f
     """Send `ACKS_RECORDS` records through the Faust app producer every limaml worker writes
     with, while the partition's followers are frozen; then kill the leader. The records
     acknowledged before the kill, and those acknowledged by the end."""
-    producer = create_faust_app(kafka, "acks", "0").producer
+    producer = create_faust_app(kafka, "acks").producer
     await producer.start()
     try:
         await (await producer.send(topic, None, b"warm-up", 0, None, None))  # connected, leader known
