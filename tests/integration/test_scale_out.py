@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -22,9 +20,8 @@ from limaml.data import InteractionLog
 from limaml.deploy.processes import poll
 from limaml.stream.records import SupportSet
 from limaml.stream.source_offsets import is_member_key
-from limaml.stream.topics import KafkaConfig, ensure_topics
 
-from .conftest import delete_topics_with_prefix
+from .test_dead_letters import stream  # noqa: F401 - the stream workers' pipeline
 from .test_pipeline import SUPPORT_SIZE, Pipeline, events_by_member
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -80,29 +77,15 @@ def members_behind(rows: dict[str, SupportSet], expected: dict[str, list[Interac
     return behind
 
 
-@pytest.fixture
-def pipeline(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
-    """Stream workers only: no adaptation worker, so no model and no feature store."""
-    kafka = KafkaConfig(bootstrap=kafka_bootstrap, topic_prefix=f"s{uuid.uuid4().hex[:10]}",
-                        partitions=PARTITIONS)
-    ensure_topics(kafka)
-    pipeline = Pipeline(kafka, artifacts=tmp_path / "no-artifacts", feast_dir=tmp_path / "no-feast",
-                        work_dir=tmp_path)
-    yield pipeline
-    for worker in pipeline.workers:
-        worker.stop()
-    delete_topics_with_prefix(kafka_bootstrap, kafka.topic_prefix)  # also the workers' changelogs
-
-
 def test_a_worker_joining_mid_backlog_leaves_no_partition_unread(
-        pipeline: Pipeline, dataset: InteractionLog) -> None:
+        stream: Pipeline, dataset: InteractionLog) -> None:  # noqa: F811 - the imported fixture
     events = list(events_from_log(dataset))
     expected = events_by_member(events)
-    pipeline.send_events(events)
-    first = pipeline.stream_worker("0", max_staleness_s=600)
-    second = pipeline.stream_worker("1", max_staleness_s=600)  # joins while the first is reading
-    changelog = ChangelogView(pipeline.kafka.bootstrap,
-                              f"{pipeline.kafka.faust_app_id('stream')}-support-sets-changelog", PARTITIONS)
+    stream.send_events(events)
+    first = stream.stream_worker("0", max_staleness_s=600)
+    second = stream.stream_worker("1", max_staleness_s=600)  # joins while the first is reading
+    changelog = ChangelogView(stream.kafka.bootstrap,
+                              f"{stream.kafka.faust_app_id('stream')}-support-sets-changelog", PARTITIONS)
     behind: dict[str, tuple] = {}
 
     def all_applied() -> bool:
