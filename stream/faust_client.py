@@ -12,8 +12,9 @@
 3. Source partitions resume where the restored table says, not only where the group
    committed (see `resume_from_table_offsets` and `limaml.stream.source_offsets`).
 4. A fetch loop that delivers a message without racing it against a rebalance's
-   suspension (four asyncio tasks per message) when its delivery cannot suspend anyway
-   (see `LowLatencyConsumer._drain_messages`).
+   suspension (four asyncio tasks per message) when its delivery cannot suspend anyway,
+   and that never delivers records a fetch brought back from before a seek of their
+   partition (see `LowLatencyConsumer._drain_messages`).
 
 The apps connect with `[kafka]`'s security settings (see `broker_credentials`). And every
 topic Faust creates itself (table changelogs, internal topics) gets limaml's topic
@@ -62,13 +63,31 @@ _resume_offsets: WeakKeyDictionary[faust.App, ResumeOffsets] = WeakKeyDictionary
 
 
 class LowLatencyConsumer(faust_aiokafka.Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._seeks = 0
+        """Seeks made so far (see `_drain_messages`)."""
+        self._last_seeks: dict[TP, tuple[int, int]] = {}
+        """partition -> (the count of seeks once its last seek was made, the offset it sought)."""
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return LowLatencyConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def _note_seek(self, tp: TP, offset: int) -> None:
+        self._seeks += 1
+        self._last_seeks[tp] = (self._seeks, offset)
+
+    async def _seek(self, partition: TP, offset: int) -> None:
+        await super()._seek(partition, offset)
+        self._note_seek(partition, offset)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         """Seek to the committed offsets (after every rebalance, once the tables are restored),
         except where the app has resume offsets of its own; the offsets read from next."""
         committed = await super().seek_to_committed()
+        for tp, offset in committed.items():
+            if offset and offset > 0:  # the offsets aiokafka's `seek_to_committed` seeks to
+                self._note_seek(tp, offset)
         resume = await self.seek_to_resume_offsets()
         for tp, offset in resume.items():
             if offset != committed.get(tp):
@@ -102,12 +121,22 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover
         """Faust's fetch loop (faust-streaming 0.15.3 `Consumer._drain_messages`, copied), with
-        one change: a message whose delivery cannot suspend (`_delivers_at_once`) is
-        delivered by awaiting the callback directly. Faust races every delivery against
-        `suspend_flow` with `wait_first`, which creates four asyncio tasks per message: the
-        largest part of a stream worker's time per event (docs/benchmarks.md). A callback
-        that does not suspend runs to its end before any other task, so the race could not
-        have abandoned it: the result is the same."""
+        two changes.
+
+        A message whose delivery cannot suspend (`_delivers_at_once`) is delivered by
+        awaiting the callback directly. Faust races every delivery against `suspend_flow`
+        with `wait_first`, which creates four asyncio tasks per message: the largest part of
+        a stream worker's time per event (docs/benchmarks.md). A callback that does not
+        suspend runs to its end before any other task, so the race could not have abandoned
+        it: the result is the same.
+
+        Records of a partition sought while the fetch that brought them was under way are
+        not delivered: the partition is sought again to the same offset, and read from there.
+        After a rebalance Faust resumes the flow (to read the changelogs) before it seeks the
+        source partitions, so a fetch can return records read from a partition's position
+        before the seek. Delivered, such a record moved the partition's read offset past the
+        records at the sought offset, which were then dropped as already read: never applied,
+        their partition's commit held back or moved past them (a gap), for good."""
         callback = self.callback
         getmany = self.getmany
         consumer_should_stop = self._stopped.is_set
@@ -126,6 +155,7 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(flag_consumer_fetching)
+                seeks_before, sought_again = self._seeks, set()
                 ait = getmany(timeout=1.0)
                 await self.sleep(0)
                 if not self.should_stop:
@@ -134,6 +164,9 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):
                         if num_since_yield > yield_every:
                             await sleep(0)
                             num_since_yield = 0
+                        if self._seeks != seeks_before and await self._sought_since(
+                                tp, seeks_before, sought_again):
+                            continue
                         offset = message.offset
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:
@@ -169,6 +202,18 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):
             raise
         finally:
             unset_flag(flag_consumer_fetching)
+
+    async def _sought_since(self, tp: TP, seeks_before: int, sought_again: set[TP]) -> bool:
+        """Whether `tp` was sought since the count of seeks was `seeks_before` (a fetch began).
+        If so, and not yet done for this fetch (`sought_again`), seek it once more to the same
+        offset: the fetch may have moved its position past it (`_drain_messages`)."""
+        seeks, offset = self._last_seeks.get(tp, (0, 0))
+        if seeks <= seeks_before:
+            return False
+        if tp not in sought_again:
+            sought_again.add(tp)
+            await self.seek(tp, offset)
+        return True
 
 
 def resume_from_table_offsets(app: faust.App, resume_offsets: ResumeOffsets) -> None:

@@ -31,10 +31,11 @@ OVERSIZED_BYTES = 800_000  # under the 1,000,000 bytes a producer sends; its bas
 
 
 @pytest.fixture
-def stream(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Pipeline]:
-    """Topics of their own for stream workers (no model, no feature store: none is started)."""
+def stream(kafka_bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Pipeline]:
+    """Topics of their own, with the test module's `PARTITIONS`, for stream workers (no model,
+    no feature store: none is started)."""
     kafka = KafkaConfig(bootstrap=kafka_bootstrap, topic_prefix=f"d{uuid.uuid4().hex[:10]}",
-                        partitions=PARTITIONS)
+                        partitions=request.module.PARTITIONS)
     ensure_topics(kafka)
     pipeline = Pipeline(kafka, artifacts=tmp_path / "artifacts", feast_dir=tmp_path / "feast",
                         work_dir=tmp_path)
