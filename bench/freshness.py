@@ -46,6 +46,7 @@ from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
 from limaml.deploy.processes import BOOTSTRAP_VARIABLE, ChildProcess, free_port, local_kafka, poll
 from limaml.featurestore.embeddings import MemberEmbedding
+from limaml.stream.metrics import ADAPT_BATCH_SIZE, ADAPT_EMBEDDINGS, ADAPT_SKIPPED_STALE, STREAM_ADAPT_REQUESTS
 from limaml.stream.topics import KafkaConfig, TopicNames
 from limaml.train import TrainConfig, meta_train
 
@@ -187,10 +188,16 @@ def scrape_stages(workers: dict[str, ChildProcess]) -> dict[str, tuple[float, fl
             for stage, (kind, name) in STAGES.items()}
 
 
-def all_answered(stream: ChildProcess, adapt: ChildProcess) -> bool:
-    requests = stream.metric("limaml_stream_adapt_requests_total")
-    served = adapt.metric("limaml_adapt_embeddings_total") + adapt.metric("limaml_adapt_skipped_stale_total")
-    return adapt.metric("limaml_adapt_batch_size_count") > 0 and requests <= served
+def summed(workers: list[ChildProcess], metric: str) -> float:
+    return sum(worker.metric(metric) for worker in workers)
+
+
+def all_answered(streams: list[ChildProcess], adapts: list[ChildProcess]) -> bool:
+    """Whether the adaptation workers have served (written or skipped) every request the
+    stream workers sent, and run at least one batch."""
+    requests = summed(streams, STREAM_ADAPT_REQUESTS)
+    served = summed(adapts, ADAPT_EMBEDDINGS) + summed(adapts, ADAPT_SKIPPED_STALE)
+    return summed(adapts, f"{ADAPT_BATCH_SIZE}_count") > 0 and requests <= served
 
 
 def freshness_phase(stack: Stack, label: str, limit: int, **pace: float) -> dict[str, float]:
@@ -198,7 +205,7 @@ def freshness_phase(stack: Stack, label: str, limit: int, **pace: float) -> dict
     stream, adapt = workers["stream"], workers["adapt"]
     stack.replay(limit=WARMUP_EVENTS, **pace)
     poll(lambda: stream.metric("limaml_stream_events_total") >= WARMUP_EVENTS, 300, f"{label}: warm-up applied")
-    poll(lambda: all_answered(stream, adapt), 300, f"{label}: warm-up requests answered")
+    poll(lambda: all_answered([stream], [adapt]), 300, f"{label}: warm-up requests answered")
     before = scrape_stages(workers)
     since = time.time()  # embeddings of older events (the warm-up's) are not counted
     watcher = EmbeddingWatcher(stack.kafka.bootstrap, TopicNames(stack.kafka.topic_prefix).meta_embeddings)
@@ -206,7 +213,7 @@ def freshness_phase(stack: Stack, label: str, limit: int, **pace: float) -> dict
     started = time.monotonic()
     stack.replay(start=WARMUP_EVENTS, limit=limit - WARMUP_EVENTS, **pace)
     poll(lambda: stream.metric("limaml_stream_events_total") >= limit, 300, f"{label}: events applied")
-    poll(lambda: all_answered(stream, adapt), 300, f"{label}: every adapt request answered")
+    poll(lambda: all_answered([stream], [adapt]), 300, f"{label}: every adapt request answered")
     seconds = time.monotonic() - started
     watcher.done.set()
     watcher.join(timeout=30)

@@ -38,7 +38,7 @@ from pathlib import Path
 from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
-from freshness import WARMUP_EVENTS, EmbeddingWatcher, Stack, percentiles
+from freshness import WARMUP_EVENTS, EmbeddingWatcher, Stack, all_answered, percentiles, summed
 from limaml.deploy.processes import ChildProcess, local_kafka, poll
 from limaml.stream.topics import TopicNames
 
@@ -48,10 +48,6 @@ P99_LIMIT_S = 2.0
 NOT_READY = (KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
              KafkaError.NOT_COORDINATOR, KafkaError.GROUP_ID_NOT_FOUND)
 """Errors of a group description while the group or its coordinator is still being set up."""
-
-
-def summed(workers: list[ChildProcess], metric: str) -> float:
-    return sum(worker.metric(metric) for worker in workers)
 
 
 def group_stable(admin: AdminClient, group: str, members: int) -> bool:
@@ -92,12 +88,6 @@ def backlog_rate(bootstrap: str, dataset: str, work: Path, exits: ExitStack, cou
         worker.stop()
     print(f"{count} stream worker(s): {rate:,.0f} events/s on a backlog of {backlog:,}", flush=True)
     return rate
-
-
-def all_answered(streams: list[ChildProcess], adapts: list[ChildProcess]) -> bool:
-    requests = summed(streams, "limaml_stream_adapt_requests_total")
-    served = summed(adapts, "limaml_adapt_embeddings_total") + summed(adapts, "limaml_adapt_skipped_stale_total")
-    return summed(adapts, "limaml_adapt_batch_size_count") > 0 and requests <= served
 
 
 def best_rate(bootstrap: str, dataset: str, work: Path, exits: ExitStack, count: int, rates: list[float],
