@@ -1,7 +1,7 @@
 """Adapt requests per second one adaptation worker serves from a backlog, and its CPU time
 per request.
 
-A real broker (deploy/kafka.sh, or KAFKA_BOOTSTRAP), the SQLite Feast store with the
+A real broker (deploy/kafka.sh, or LIMAML_KAFKA_BOOTSTRAP), the SQLite Feast store with the
 synthetic log's member profiles and a model trained on it (as in bench/freshness.py).
 N adapt requests, each a support set of the log's last 64 events of a random member, are
 produced to `adapt-requests` first; then one adaptation worker (`limaml adapt`) starts and
@@ -26,8 +26,8 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from freshness import Stack  # bench/, this script's folder
-from limaml.deploy.processes import local_kafka, poll
+from freshness import Stack, process_cpu_s  # bench/, this script's folder
+from limaml.deploy.processes import BOOTSTRAP_VARIABLE, local_kafka, poll
 from limaml.deploy.telemetry import parse_metrics, total
 from limaml.stream.records import AdaptRequest
 from limaml.stream.topics import TopicNames, ensure_topics, member_partition
@@ -62,12 +62,6 @@ def produce_requests(stack: Stack, count: int, seed: int = 3) -> None:
         raise RuntimeError("the adapt requests were not all delivered")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000, help="adapt requests in the backlog")
@@ -75,21 +69,20 @@ def main() -> None:
     args = parser.parse_args()
     with ExitStack() as exits:
         work = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="limaml-bench-")))
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP") or exits.enter_context(local_kafka(work / "kafka"))
+        bootstrap = os.environ.get(BOOTSTRAP_VARIABLE) or exits.enter_context(local_kafka(work / "kafka"))
         stack = Stack(bootstrap, f"synthetic:n_members={args.members},n_items=1000,seed=11", work, exits)
         produce_requests(stack, args.requests)
         print(f"broker {bootstrap}, {os.cpu_count()} cores; {args.requests:,} adapt requests of "
               f"{args.members:,} members in the backlog")
         adapt = stack.start("adapt")
-        assert adapt.process is not None
 
         def served() -> float:  # requests in finished batches (a batch serves a member's newest only)
             return adapt.metric("limaml_adapt_batch_size_sum")
 
         poll(lambda: served() > 0, 300, "the first served request", interval_s=0.05)
-        first, cpu_first, served_first = time.monotonic(), cpu_seconds(adapt.process.pid), served()
+        first, cpu_first, served_first = time.monotonic(), process_cpu_s(adapt), served()
         poll(lambda: served() >= args.requests, 1200, "every request served", interval_s=0.05)
-        seconds, cpu = time.monotonic() - first, cpu_seconds(adapt.process.pid) - cpu_first
+        seconds, cpu = time.monotonic() - first, process_cpu_s(adapt) - cpu_first
         count = served() - served_first
         metrics = parse_metrics((adapt.get("/metrics") or b"").decode())
         batches = total(metrics, "limaml_adapt_batch_size_count")
