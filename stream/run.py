@@ -42,9 +42,12 @@ def run_app(app: faust.App) -> None:
 
 def run_stream_worker(kafka: KafkaConfig, config: StreamConfig, worker_id: str) -> None:
     from limaml.stream.ingest import create_stream_app
+    from limaml.stream.table_state import tables_kept_only_after_a_clean_stop
 
     ensure_topics(kafka)
-    run_app(create_stream_app(kafka, config, worker_id))
+    app = create_stream_app(kafka, config, worker_id)
+    with tables_kept_only_after_a_clean_stop(app):
+        run_app(app)
 
 
 def run_adapt_worker(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStoreConfig,

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from rocksdict import Options, Rdict
 
 from conftest import save_tiny_model
 from limaml.adaptation import AdaptationEngine
@@ -29,7 +30,7 @@ from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
 from limaml.stream.refresh import RefreshRequester
 from limaml.stream.records import AdaptRequest
-from limaml.stream.source_offsets import is_member_key
+from limaml.stream.source_offsets import encode_offset, is_member_key, offset_key
 from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics, member_partition
 
 from .conftest import delete_topics_with_prefix, read_dead_letters, records_in_topic, write_profiles
@@ -250,6 +251,43 @@ def test_support_sets_survive_kill_9_without_loss_or_double_counting(
     behind: dict[str, object] = {}
     poll(lambda: support_sets_match(restarted, events_by_member(events), behind), 120,
          "the recovered support sets to hold every event once",
+         describe=lambda: f"(seq, expected) of members behind: {behind}; "
+                          f"worker log:\n{restarted.log_tail(20)}")
+
+
+def test_a_worker_restarted_after_kill_9_restores_its_tables_from_the_changelog_not_its_local_rows(
+        pipeline: Pipeline, dataset: InteractionLog) -> None:
+    """A kill -9 can leave local table rows whose changelog records never went out; the worker
+    restarted on the same data directory must not keep them (`limaml.stream.table_state`).
+    Here those rows are every partition's resume offset, moved past events that no support set
+    holds: kept, they would make the worker skip the second half."""
+    events = list(events_from_log(dataset))
+    half = len(events) // 2
+    worker = pipeline.stream_worker("0")
+    pipeline.send_events(events[:half])
+    behind: dict[str, object] = {}
+    poll(lambda: support_sets_match(worker, events_by_member(events[:half]), behind), 60,
+         "the first half applied", describe=lambda: f"(seq, expected) of members behind: {behind}")
+    worker.kill()
+    pipeline.send_events(events[half:])
+
+    ends = end_offsets(pipeline.kafka.bootstrap, pipeline.topics.interactions)
+    moved = 0
+    for partition_db in (pipeline.work_dir / "stream" / "0").rglob("*support-sets-*.db"):
+        local = Rdict(str(partition_db), Options(raw_mode=True))
+        try:
+            for partition, end in ends.items():
+                key = json.dumps(offset_key(partition)).encode()  # the table's keys are JSON
+                if local.get(key) is not None:
+                    local[key] = encode_offset(end)
+                    moved += 1
+        finally:
+            local.close()
+    assert moved == PARTITIONS, f"found {moved} of {PARTITIONS} resume offsets in the local tables"
+
+    restarted = pipeline.stream_worker("0")  # the same data directory
+    poll(lambda: support_sets_match(restarted, events_by_member(events), behind), 120,
+         "the restarted worker's support sets to hold every event once",
          describe=lambda: f"(seq, expected) of members behind: {behind}; "
                           f"worker log:\n{restarted.log_tail(20)}")
 
