@@ -99,6 +99,9 @@ class ConditionalWriter:
         self.config: RepoConfig = store.config
         self.view: FeatureView = store.get_feature_view(view_name)
         self._store = store
+        self._views = {view_name: self.view}
+        """The views read, by name, fetched once: Feast builds a view from the registry at each
+        `get_feature_view` (1.5-1.8 ms, once per adaptation batch before)."""
         self._redis: Redis | None = None
         online = self.config.online_store
         if online.type not in ("sqlite", "redis"):
@@ -122,8 +125,7 @@ class ConditionalWriter:
         [join_key] = [column.name for column in self.view.entity_columns]
         entity_keys = [EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(string_val=value)])
                        for value in unique]
-        views = {name: self.view if name == self.view.name else self._store.get_feature_view(name)
-                 for name in features}
+        views = {name: self._feature_view(name) for name in features}
         if self.config.online_store.type == "sqlite":
             keys = [serialize_entity_key(key, entity_key_serialization_version=self._key_version)
                     for key in entity_keys]
@@ -163,6 +165,12 @@ class ConditionalWriter:
         if self.config.online_store.type == "sqlite":
             return self._write_sqlite(keys, rows, compared, accept)
         return self._write_redis(rows, compared, accept)
+
+    def _feature_view(self, name: str) -> FeatureView:
+        view = self._views.get(name)
+        if view is None:
+            view = self._views[name] = self._store.get_feature_view(name, allow_registry_cache=True)
+        return view
 
     @property
     def _key_version(self) -> int:
