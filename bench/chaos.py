@@ -14,6 +14,7 @@ at `--rate` by an idempotent producer that cycles through a synthetic dataset. E
    which the p95 freshness of the embeddings written is under 2 s (freshness: the Kafka
    timestamp of the meta-embeddings record minus that of the newest event it was adapted
    on; p95, not the maximum: on a busy 2-core machine the steady stream's p99 is near 2 s);
+   a recovery slower than `SLOW_RECOVERY_S` prints each second's p95 freshness from the fault on;
 4. the producer pauses, and every member's support set (the stream worker's /members/
    pages, as the integration tests read them) is checked against what was delivered:
    its seq against the number of its events (lost when short, doubled when over) and its
@@ -78,6 +79,7 @@ FRESH_S = 2.0  # an embedding at most this old is fresh
 STABLE_S = 5  # consecutive one-second windows of fresh embeddings that mark freshness as recovered
 FRESH_QUANTILE = 95  # a window is fresh when this percentile of its embeddings' freshness is under FRESH_S
 RECOVERY_TIMEOUT_S = 180.0
+SLOW_RECOVERY_S = 10.0  # a recovery slower than this prints its freshness second by second
 CATCH_UP_TIMEOUT_S = 120.0  # longest wait for the support sets once the producer paused
 STALLED_S = 15.0  # ... or for this long without any member's support set moving
 SAMPLED_MEMBERS = 100  # members whose embedding seq is watched for regressions
@@ -188,17 +190,32 @@ class FreshnessWatcher(EmbeddingWatcher):
         """Seconds from the fault to the first of `STABLE_S` consecutive one-second windows
         in each of which the embeddings written have a p95 freshness under `FRESH_S` (None
         until such a run of windows is complete). A window without embeddings is not fresh."""
-        with self.lock:
-            writes = [(at - fault_at, age) for at, age in self.writes if at > fault_at]
-        windows: dict[int, list[float]] = defaultdict(list)
-        for offset, age in writes:
-            windows[int(offset)].append(age)
-        fresh = [bool(windows[i]) and float(np.percentile(windows[i], FRESH_QUANTILE)) < FRESH_S
-                 for i in range(int(now - fault_at))]
+        writes = self.since(fault_at)
+        windows = self.windows(writes, int(now - fault_at))
+        fresh = [window is not None and window < FRESH_S for window in windows]
         for first in range(len(fresh) - STABLE_S + 1):
             if all(fresh[first:first + STABLE_S]):
                 return min(offset for offset, _age in writes if int(offset) == first)
         return None
+
+    def since(self, fault_at: float) -> list[tuple[float, float]]:
+        """(seconds after the fault, freshness) of each embedding written since the fault."""
+        with self.lock:
+            return [(at - fault_at, age) for at, age in self.writes if at > fault_at]
+
+    @staticmethod
+    def windows(writes: list[tuple[float, float]], seconds: int) -> list[float | None]:
+        """The p95 freshness of each one-second window after the fault (None: no embedding)."""
+        grouped: dict[int, list[float]] = defaultdict(list)
+        for offset, age in writes:
+            grouped[int(offset)].append(age)
+        return [float(np.percentile(grouped[i], FRESH_QUANTILE)) if grouped[i] else None
+                for i in range(seconds)]
+
+    def trace(self, fault_at: float, seconds: float) -> str:
+        """The windows' p95 freshness from the fault on, for a slow recovery ('-': none written)."""
+        windows = self.windows(self.since(fault_at), int(seconds) + STABLE_S)
+        return " ".join("-" if window is None else f"{window:.1f}" for window in windows)
 
 
 class RegressionSampler(threading.Thread):
@@ -389,6 +406,8 @@ def main() -> None:
                                     "freshness back under 2 s", interval_s=0.5)
                     recoveries[fault].append(recovery)
                     recovered = f"freshness back under {FRESH_S:g} s after {recovery:.1f} s"
+                    if recovery > SLOW_RECOVERY_S:
+                        recovered += f" (p95 freshness by second: {watcher.trace(fault_at, recovery)})"
                 except TimeoutError:
                     unrecovered += 1
                     recovered = f"freshness NOT back under {FRESH_S:g} s after {RECOVERY_TIMEOUT_S:g} s"

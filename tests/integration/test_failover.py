@@ -32,6 +32,7 @@ from limaml.deploy.processes import (ChildProcess, local_kafka, poll, restart_st
                               stop_kafka_node)
 from limaml.stream.faust_client import create_faust_app
 from limaml.stream.topics import KafkaConfig
+from limaml.stream.topology import CHANGELOG_SEGMENT_BYTES
 
 from .conftest import (TOPIC_READY_TIMEOUT_S, delete_topics_with_prefix, embeddings_behind, events_in_topic,
                        records_in_topic, wait_for_topics)
@@ -137,7 +138,9 @@ def group_coordinator(bootstrap: str, group: str) -> int:
 def assert_replicated(kafka: KafkaConfig) -> None:
     """Every topic of the pipeline, Faust's changelogs and internal topics included, has every
     partition on `replication_factor` brokers and needs `min_insync_replicas` of them for a write,
-    set on the topic itself: not the broker's default, which a production cluster may leave at 1."""
+    set on the topic itself: not the broker's default, which a production cluster may leave at 1.
+    The tables' changelogs roll segments small enough to be compacted long before the
+    broker's default segment fills (`topology.CHANGELOG_SEGMENT_BYTES`)."""
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
     topics = {name: topic for name, topic in admin.list_topics(timeout=TOPIC_READY_TIMEOUT_S).topics.items()
               if name.startswith(kafka.topic_prefix)}
@@ -146,10 +149,13 @@ def assert_replicated(kafka: KafkaConfig) -> None:
         assert {len(p.replicas) for p in topic.partitions.values()} == {kafka.replication_factor}, name
     resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in topics]
     for resource, future in admin.describe_configs(resources).items():
-        entry = future.result(timeout=TOPIC_READY_TIMEOUT_S)["min.insync.replicas"]
+        config = future.result(timeout=TOPIC_READY_TIMEOUT_S)
+        entry = config["min.insync.replicas"]
         found = (entry.value, ConfigSource(entry.source))
         assert found == (str(kafka.min_insync_replicas), ConfigSource.DYNAMIC_TOPIC_CONFIG), \
             f"{resource.name}: min.insync.replicas {found}"
+        if resource.name.endswith("-changelog"):
+            assert config["segment.bytes"].value == str(CHANGELOG_SEGMENT_BYTES), resource.name
 
 
 def test_a_broker_stopped_and_started_mid_stream_loses_and_doubles_nothing(
