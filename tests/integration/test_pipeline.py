@@ -31,6 +31,7 @@ from limaml.featurestore.store import open_feature_store
 from limaml.stream.refresh import RefreshRequester
 from limaml.stream.records import AdaptRequest
 from limaml.stream.source_offsets import encode_offset, is_member_key, offset_key
+from limaml.stream.table_state import IN_USE_MARKER
 from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics, member_partition
 
 from .conftest import delete_topics_with_prefix, read_dead_letters, records_in_topic, write_profiles
@@ -290,6 +291,9 @@ def test_a_worker_restarted_after_kill_9_restores_its_tables_from_the_changelog_
          "the restarted worker's support sets to hold every event once",
          describe=lambda: f"(seq, expected) of members behind: {behind}; "
                           f"worker log:\n{restarted.log_tail(20)}")
+    restarted.stop()  # SIGTERM: a clean stop, after which the next worker keeps the tables
+    assert restarted.process is not None and restarted.process.returncode == 0, restarted.log_tail(20)
+    assert not (pipeline.work_dir / "stream" / "0" / IN_USE_MARKER).exists()
 
 
 def test_an_event_written_twice_to_the_topic_is_counted_once(pipeline: Pipeline, dataset: InteractionLog) -> None:
