@@ -48,6 +48,7 @@ from aiohttp.web import Response
 from faust.streams import _current_event
 from faust.types import TP, EventT
 from faust.web import Request, View
+from yarl import URL
 
 from limaml.adapters.events import DeadLetter, InvalidEvent, decode_event
 from limaml.stream.check_times import CheckTimes
@@ -69,6 +70,7 @@ from limaml.stream.topics import KafkaConfig, member_partition
 log = logging.getLogger(__name__)
 
 BACKFILL_CHUNK = 500  # members re-requested (or indexed) between two yields to the event loop
+FORWARDED_HEADER = "X-Limaml-Forwarded"  # a member page forwarded to the member's owner once
 PRODUCER_BUFFER_BATCHES = 4
 """The producer buffer holds this many times `batch_max_events` records before Faust holds
 incoming messages back until it ebbs (a batch puts at most two per event in it: a changelog
@@ -197,6 +199,28 @@ class StreamWorker:
             if raw is not None:
                 offsets[tp] = decode_offset(raw)
         return offsets
+
+    def owner_url(self, member_id: str) -> str | None:
+        """The web URL of the worker whose table holds the member's row (None before the first
+        assignment). A member's row lives in the changelog partition of its events, which
+        `member_partition` names; Faust's own `table_route` hashes the JSON-encoded key with
+        the producer's partitioner instead, a different partition, and raised a TypeError
+        when the producer had no metadata of the changelog topic yet."""
+        topic = self.support_sets.changelog_topic.get_topic_name()
+        partition = member_partition(member_id, self.kafka.partitions)
+        for url, partitions in self.app.assignor.changelog_distribution.items():
+            if partition in partitions.get(topic, ()):
+                return url
+        return None
+
+    async def forward(self, owner_url: str, request: Request) -> Response:
+        """The answer of the owner's page to `request` (once: the owner serves it from its own
+        table, even if the partition moved meanwhile)."""
+        headers = {FORWARDED_HEADER: "1"}
+        if "Authorization" in request.headers:
+            headers["Authorization"] = request.headers["Authorization"]
+        async with self.app.http_client.get(URL(owner_url).with_path(request.path), headers=headers) as answer:
+            return Response(body=await answer.read(), status=answer.status, content_type=answer.content_type)
 
     def apply(self, member_id: str, examples: list[tuple[Example, int]], now: float) -> None:
         """Fold one member's events of a batch into its support set (under an event of the
@@ -361,8 +385,10 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
         return Response(body=metrics.exposition(), content_type="text/plain")
 
     @app.page("/members/{member_id}/")
-    @app.table_route(table=tables.support_sets, match_info="member_id")
     async def member_page(web: View, request: Request, member_id: str) -> Any:
+        owner = worker.owner_url(member_id)
+        if owner is not None and owner != str(app.conf.canonical_url) and FORWARDED_HEADER not in request.headers:
+            return await worker.forward(owner, request)
         raw = tables.support_sets.get(member_id)
         return Response(body=b"null" if raw is None else raw, content_type="application/json")
 
