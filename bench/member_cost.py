@@ -12,14 +12,19 @@ re-sent (the adaptation side is measured by bench/adapt_throughput.py). Figures 
 - RocksDB bytes per member: every file under the worker's data dir (its RocksDB tables,
   all partitions, and Faust's small state files), walked after a graceful stop has closed
   the tables, over the number of members;
-- changelog bytes per member: the segment files (not the preallocated indexes) of the
-  support-sets changelog topic's partitions in the broker's log dirs, read after that
+- changelog records per member: the records written to the support-sets changelog topic
+  (the sum of its partitions' end offsets, which compaction does not move), read after that
   graceful stop (its pre-commit flush has the broker acknowledge every record before the
-  commit). These are the bytes written, before compaction: a batch writes one changelog
-  record per member it touched, so a member whose events came in 5 batches wrote 5 records.
+  commit): a batch writes one changelog record per member it touched, so a member whose
+  events came in 5 batches wrote 5 records;
+- changelog bytes per member: the segment files (not the preallocated indexes) of that
+  topic's partitions in the broker's log dirs, then: what the broker keeps on disk. The
+  changelog rolls 16 MiB segments (`stream.topology.CHANGELOG_SEGMENT_BYTES`) and Kafka
+  compacts the closed ones as the run goes, so these are bytes after compaction, not the
+  bytes written.
 
 The last line is `m<N>_events_per_s=... m<N>_peak_rss_mb=... m<N>_rocksdb_bytes_per_member=...
-m<N>_changelog_bytes_per_member=...` for every size N.
+m<N>_changelog_records_per_member=... m<N>_changelog_bytes_per_member=...` for every size N.
 
     python bench/member_cost.py --members 10000   # 1 to 3 minutes at a load average of 10 to 30
     python bench/member_cost.py --members 10000,100000,1000000
@@ -32,10 +37,12 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
 import psutil
+from confluent_kafka import Consumer, TopicPartition
 
 from freshness import Stack
 from limaml.deploy.processes import BOOTSTRAP_VARIABLE, ChildProcess, local_kafka, poll
@@ -74,6 +81,16 @@ def changelog_bytes(broker_data: Path, topic: str) -> int:
                if path.name.rpartition("-")[2].isdigit() for segment in path.glob("*.log"))
 
 
+def records_written(bootstrap: str, topic: str, partitions: int) -> int:
+    """Records ever written to `topic`: the sum of its partitions' end offsets."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"member-cost-{uuid.uuid4().hex}"})
+    try:
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)[1]
+                   for partition in range(partitions))
+    finally:
+        consumer.close()
+
+
 def measure(bootstrap: str, broker_data: Path, members: int, work: Path, exits: ExitStack) -> dict[str, float]:
     dataset = f"synthetic:n_members={members},n_items=1000,mean_events={EVENTS_PER_MEMBER},seed=11"
     started = time.monotonic()
@@ -98,12 +115,15 @@ def measure(bootstrap: str, broker_data: Path, members: int, work: Path, exits: 
     rss.join()
     how = stream.stop()
     rocksdb = tree_bytes(stack.work / "stream")
-    changelog = changelog_bytes(broker_data, f"{stack.kafka.faust_app_id('stream')}-support-sets-changelog")
+    topic = f"{stack.kafka.faust_app_id('stream')}-support-sets-changelog"
+    changelog, records = changelog_bytes(broker_data, topic), records_written(bootstrap, topic, stack.kafka.partitions)
     result = {"events_per_s": rate, "peak_rss_mb": rss.peak / 2**20,
-              "rocksdb_bytes_per_member": rocksdb / members, "changelog_bytes_per_member": changelog / members}
+              "rocksdb_bytes_per_member": rocksdb / members, "changelog_records_per_member": records / members,
+              "changelog_bytes_per_member": changelog / members}
     print(f"{members:,} members, {events:,} events: {rate:,.0f} events/s; peak RSS {result['peak_rss_mb']:.0f} MiB; "
           f"RocksDB {rocksdb / 2**20:.1f} MiB ({result['rocksdb_bytes_per_member']:.0f} B/member); "
-          f"changelog {changelog / 2**20:.1f} MiB ({result['changelog_bytes_per_member']:.0f} B/member); "
+          f"changelog {records:,} records written ({result['changelog_records_per_member']:.2f}/member), "
+          f"{changelog / 2**20:.1f} MiB on disk ({result['changelog_bytes_per_member']:.0f} B/member); "
           f"worker stopped by {how}", flush=True)
     return result
 
