@@ -41,8 +41,9 @@ from limaml.stream.topics import KafkaConfig
 log = logging.getLogger(__name__)
 
 FAUST_VERSION = "0.15.3"
-"""The faust-streaming version whose private code `LowLatencyConsumer._drain_messages` copies
-(tests/test_faust_client.py fails on another one: compare the copy with it first)."""
+"""The faust-streaming version whose private code `LowLatencyConsumer._drain_messages` and
+`limaml.stream.event_batches` copy (tests/test_faust_client.py fails on another one: compare
+the copies with it first)."""
 
 FETCH_MAX_WAIT_MS = 50
 """The longest the broker holds a fetch request that finds no new records. An idle worker
