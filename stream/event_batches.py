@@ -27,6 +27,7 @@ import faust
 from faust.types import EventT
 from mode.utils.futures import maybe_async
 
+
 async def event_batches(stream: faust.StreamT, max_events: int,
                         within_s: float) -> AsyncIterator[list[EventT]]:
     """The agent's events in batches: the first event waiting, then whatever the channel
