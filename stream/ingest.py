@@ -6,7 +6,8 @@ RocksDB table with a changelog topic, and sends adapt requests when the trigger 
 says a member is due. The adaptation workers' answers settle the outstanding request.
 
 Events are taken in batches (`limaml.stream.event_batches`: the events waiting in the
-agent's channel, and those arriving until `batch_wait_s` after the first, up to
+agent's channel, taken off its queue at once, not one per event-loop round as Faust's
+`take_events` does, and those arriving until `batch_wait_s` after the first, up to
 `batch_max_events`): each member's events in a batch are folded into one
 read-update-write of its support set, so one table write and one changelog record per
 member per batch. A batch's events are acked once the batch is processed (its table
