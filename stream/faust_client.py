@@ -1,4 +1,4 @@
-"""Faust apps on Kafka, with three corrections to Faust's client for a low-latency stream.
+"""Faust apps on Kafka, with corrections to Faust's client for a low-latency stream.
 
 1. A shorter broker-side fetch wait. aiokafka keeps one fetch request in flight per broker,
    and leaves out of it every partition whose fetched records are not all consumed yet.
@@ -15,6 +15,9 @@
    suspension (four asyncio tasks per message) when its delivery cannot suspend anyway,
    and that never delivers records a fetch brought back from before a seek of their
    partition (see `LowLatencyConsumer._drain_messages`).
+5. A producer whose client keeps the metadata of every topic it writes to (see
+   `TopicTrackingProducer`): without it a table's changelog writes could wait for 20 minutes,
+   and the stream worker with them.
 
 The apps connect with `[kafka]`'s security settings (see `broker_credentials`). And every
 topic Faust creates itself (table changelogs, internal topics) gets limaml's topic
@@ -26,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable, Mapping, Set
+from collections.abc import Awaitable, Callable, Mapping, Set
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -34,15 +37,16 @@ import faust
 from aiokafka import AIOKafkaConsumer
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP
+from faust.types import TP, RecordMetadata
 
 from limaml.stream.topics import KafkaConfig
 
 log = logging.getLogger(__name__)
 
 FAUST_VERSION = "0.15.3"
-"""The faust-streaming version whose private code `LowLatencyConsumer._drain_messages` copies
-(tests/test_faust_client.py fails on another one: compare the copy with it first)."""
+"""The faust-streaming version whose private code `LowLatencyConsumer._drain_messages` and
+`limaml.stream.event_batches` copy (tests/test_faust_client.py fails on another one: compare
+the copies with it first)."""
 
 FETCH_MAX_WAIT_MS = 50
 """The longest the broker holds a fetch request that finds no new records. An idle worker
@@ -54,6 +58,27 @@ class LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts its fetcher
         return consumer
+
+
+class TopicTrackingProducer(faust_aiokafka.Producer):
+    """A producer whose aiokafka client tracks every topic it sends to.
+
+    aiokafka refreshes its metadata for the topics it tracks only, and a refresh replaces its
+    whole partition map; a send tracks its topic only if the map lacks it. The topics Faust
+    declares at start (the tables' changelogs) are in the map untracked (Faust has the
+    client fetch every topic's metadata after declaring one): the first refresh for a
+    tracked topic (the first adapt request to a topic the map lacked) drops them. A changelog batch waiting in the producer then has no known leader and is
+    not sent until another send to its topic tracks it again, or its 20-minute request
+    timeout ends. Faust's commit waits for every batch (its pre-commit flush); every
+    `broker_commit_every` acked messages its fetch loop commits before delivering the next
+    message, so nothing sends to the changelog any more: the worker stalled (at 10,000
+    events, the default), and its shutdown flush hung the same way."""
+
+    async def send(self, topic: str, *args: Any, **kwargs: Any) -> Awaitable[RecordMetadata]:
+        client = self._ensure_producer().client
+        if topic not in client._topics:
+            client.add_topic(topic)  # its metadata refreshed with the others from now on
+        return await super().send(topic, *args, **kwargs)
 
 
 ResumeOffsets = Callable[[Set[TP]], Mapping[TP, int]]
@@ -228,6 +253,7 @@ def create_faust_app(kafka: KafkaConfig, role: str, **settings: Any) -> faust.Ap
     app = faust.App(kafka.faust_app_id(role), **kafka.faust_settings(),
                     broker_credentials=broker_credentials(kafka), **settings)
     app.transport.Consumer = LowLatencyConsumer  # before `app.consumer` is first created
+    app.transport.Producer = TopicTrackingProducer  # and `app.producer`
     create_topics_with(app, kafka.topic_config)
     return app
 

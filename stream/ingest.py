@@ -5,11 +5,13 @@ their source offset), appends each member's events to its rolling support set in
 RocksDB table with a changelog topic, and sends adapt requests when the trigger policy
 says a member is due. The adaptation workers' answers settle the outstanding request.
 
-Events are taken in batches (what the polls delivered, up to `batch_max_events`, waiting
-at most `batch_wait_s`): each member's events in a batch are folded into one
+Events are taken in batches (`limaml.stream.event_batches`: the events waiting in the
+agent's channel, taken off its queue at once, not one per event-loop round as Faust's
+`take_events` does, and those arriving until `batch_wait_s` after the first, up to
+`batch_max_events`): each member's events in a batch are folded into one
 read-update-write of its support set, so one table write and one changelog record per
-member per batch. Faust acks a batch's events once the batch is processed (its table
-writes made, its dead letters acknowledged by the broker), and commits only acked offsets,
+member per batch. A batch's events are acked once the batch is processed (its table
+writes made, its dead letters acknowledged by the broker), and Faust commits only acked offsets,
 after a pre-commit flush that drains the producer buffer where the changelog records and
 the requests wait: no offset is committed ahead of what its event wrote. Where a worker
 resumes a partition after a rebalance or a restart comes from the table itself, not from
@@ -54,6 +56,7 @@ from limaml.adapters.events import DeadLetter, InvalidEvent, decode_event
 from limaml.stream.check_times import CheckTimes
 from limaml.stream.config import StreamConfig
 from limaml.stream.dead_letters import send_dead_letter
+from limaml.stream.event_batches import event_batches
 from limaml.stream.faust_client import (create_faust_app, drain_changelog_writes_before_commits,
                                        resume_from_table_offsets)
 from limaml.stream.metrics import StreamMetrics
@@ -353,7 +356,7 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
 
     @app.agent(topics.interactions)
     async def ingest(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(config.batch_max_events, within=config.batch_wait_s):
+        async for events in event_batches(stream, config.batch_max_events, config.batch_wait_s):
             await worker.ingest(events)
 
     @app.agent(topics.adapt_answers)

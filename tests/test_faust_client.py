@@ -77,7 +77,8 @@ async def test_a_message_is_delivered_without_the_suspend_race_only_when_its_del
         consumer._thread.thread_loop.close()
 
 
-def test_the_installed_faust_is_the_version_the_copy_of_its_fetch_loop_follows() -> None:
-    """`LowLatencyConsumer._drain_messages` copies faust-streaming's private fetch loop: another
-    version may have changed it. Compare the copy with the new version's before moving this."""
+def test_the_installed_faust_is_the_version_the_copies_of_its_private_code_follow() -> None:
+    """`LowLatencyConsumer._drain_messages` copies faust-streaming's private fetch loop, and
+    `event_batches` its stream iterator's bookkeeping: another version may have changed them.
+    Compare the copies with the new version's before moving this."""
     assert version("faust-streaming") == FAUST_VERSION

@@ -1,0 +1,65 @@
+"""The stream worker's batches of events, read off a Faust channel (no broker needed)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import faust
+import pytest
+from faust.types import EventT, Message
+
+from limaml.stream.config import StreamConfig
+from limaml.stream.event_batches import event_batches
+from limaml.stream.ingest import create_stream_app
+from limaml.stream.topics import KafkaConfig
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> faust.App:
+    app = create_stream_app(KafkaConfig(), StreamConfig(data_dir=tmp_path), store="memory://")
+    app.flow_control.resume()
+    yield app
+    if app._consumer is not None:
+        app.consumer._thread.thread_loop.close()
+
+
+async def put(channel: faust.ChannelT, offset: int, generation_id: int) -> EventT:
+    message = Message(topic="t", partition=0, offset=offset, timestamp=0.0, timestamp_type=0, headers=None,
+                      key=b"k", value=str(offset).encode(), checksum=None, generation_id=generation_id)
+    event = await channel.decode(message)
+    await channel.put(event)
+    return event
+
+
+async def test_a_batch_takes_the_waiting_events_up_to_its_size_and_is_acked_after_its_body(
+        app: faust.App) -> None:
+    channel = app.channel()
+    stream = channel.stream()
+    generation = app.consumer_generation_id
+    events = [await put(channel, offset, generation) for offset in range(5)]
+    batches = event_batches(stream, max_events=3, within_s=0.2)
+    try:
+        first = await asyncio.wait_for(anext(batches), 10)
+        assert first == events[:3]  # full: handed over without waiting for more
+        assert not any(event.message.acked for event in events)
+        second = await asyncio.wait_for(anext(batches), 10)  # the rest, once within_s has passed
+        assert second == events[3:]
+        assert [event.message.acked for event in events] == [True] * 3 + [False] * 2
+    finally:
+        await batches.aclose()
+    assert all(event.message.acked for event in events)
+
+
+async def test_an_event_of_an_earlier_consumer_generation_is_acked_and_left_out(app: faust.App) -> None:
+    channel = app.channel()
+    stream = channel.stream()
+    generation = app.consumer_generation_id
+    stale = await put(channel, 0, generation - 1)  # delivered before a rebalance
+    current = await put(channel, 1, generation)
+    batches = event_batches(stream, max_events=10, within_s=0.05)
+    try:
+        assert await asyncio.wait_for(anext(batches), 10) == [current]
+        assert stale.message.acked and not current.message.acked
+    finally:
+        await batches.aclose()
