@@ -104,7 +104,12 @@ class Pipeline:
         producer = Producer({"bootstrap.servers": self.kafka.bootstrap,
                              "partitioner": PRODUCER_PARTITIONER})
         for key, value in messages:
-            producer.produce(topic, key=key, value=value)
+            while True:
+                try:
+                    producer.produce(topic, key=key, value=value)
+                    break
+                except BufferError:  # the local queue holds 100,000 messages: let it drain
+                    producer.poll(0.1)
         assert producer.flush(30) == 0
 
     def send_events(self, events: list[InteractionEvent]) -> None:

@@ -26,8 +26,8 @@ from .test_pipeline import SUPPORT_SIZE, Pipeline, events_by_member
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-DATASET = "synthetic:n_members=300,n_items=200,mean_events=200,seed=11"
-"""About 60,000 events: the first worker is still applying them when the second one has
+DATASET = "synthetic:n_members=300,n_items=200,mean_events=500,seed=11"
+"""About 150,000 events: the first worker is still applying them when the second one has
 started (its start takes seconds on a busy machine) and joined."""
 PARTITIONS = 12
 
