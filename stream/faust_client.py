@@ -19,7 +19,8 @@
    `TopicTrackingProducer`): without it a table's changelog writes could wait for 20 minutes,
    and the stream worker with them.
 
-The apps connect with `[kafka]`'s security settings (see `broker_credentials`). And every
+The apps connect with `[kafka]`'s security settings (see `broker_credentials`), the workers
+join their consumer groups as static members (see `group_instance_id`), and every
 topic Faust creates itself (table changelogs, internal topics) gets limaml's topic
 config, `min.insync.replicas` above all (see `create_topics_with`).
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Set
 from typing import Any
@@ -249,13 +251,36 @@ def resume_from_table_offsets(app: faust.App, resume_offsets: ResumeOffsets) -> 
 
 
 def create_faust_app(kafka: KafkaConfig, role: str, **settings: Any) -> faust.App:
-    """A Faust app of one worker kind ("stream", "adapt") with limaml's shared Kafka settings."""
+    """A Faust app of one worker kind ("stream", "adapt") with limaml's shared Kafka settings;
+    a worker with a web port joins its consumer group as a static member (`group_instance_id`)."""
+    web_port = settings.get("web_port")
+    if web_port is not None:
+        settings = {"consumer_group_instance_id": group_instance_id(kafka, role, web_port), **settings}
     app = faust.App(kafka.faust_app_id(role), **kafka.faust_settings(),
                     broker_credentials=broker_credentials(kafka), **settings)
     app.transport.Consumer = LowLatencyConsumer  # before `app.consumer` is first created
     app.transport.Producer = TopicTrackingProducer  # and `app.producer`
     create_topics_with(app, kafka.topic_config)
     return app
+
+
+def group_instance_id(kafka: KafkaConfig, role: str, web_port: int) -> str:
+    """The worker's static membership of its consumer group (KIP-345): its host and web port.
+
+    A dynamic member that dies holds its partitions until its session times out: the rebalance
+    for its restarted successor waits for the dead member's session to end. In the chaos
+    benchmark a stream worker killed with kill -9 rejoined its group 8.7 s after the kill and
+    applied nothing in between (bench/chaos.py, 14:24 UTC run in docs/benchmarks.md). A static
+    member restarted under the same id takes its own place at once, with its assignment.
+
+    The web port is part of the id because Faust's assignor asserts that an assignment names
+    the worker's own URL (`PartitionAssignor.on_assignment`): a worker restarted on another
+    port is another member (and waits, as a dynamic one would), never the old one with a
+    foreign URL; an id without the port made such a worker die in its coordinator. The host
+    keeps copies of a worker on different machines (`--scale adapt=N`) apart. The cost: a static
+    member that stops does not leave the group, so its partitions move to the other workers
+    only after its session timeout (`[kafka] session_timeout_s`)."""
+    return f"{kafka.faust_app_id(role)}-{socket.gethostname()}-{web_port}"
 
 
 def broker_credentials(kafka: KafkaConfig) -> faust.types.auth.CredentialsT | None:

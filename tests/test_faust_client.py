@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from importlib.metadata import version
 from pathlib import Path
 
@@ -20,17 +21,24 @@ from conftest import save_tiny_model
 
 
 @pytest.mark.asyncio
-async def test_both_worker_kinds_consume_with_the_short_fetch_wait(tmp_path: Path) -> None:
+async def test_both_worker_kinds_consume_with_the_short_fetch_wait_as_static_members(tmp_path: Path) -> None:
+    """Besides the fetch wait: each worker joins its group as a static member named after its
+    host and web port, so that a worker restarted on its port takes its own place without
+    waiting for the dead one's session to time out, and one restarted on another port (whose
+    assignment would name another URL) is another member."""
     save_tiny_model(tmp_path / "artifacts", load_dataset("synthetic:n_members=30,n_items=20,seed=3"))
-    apps = [create_stream_app(KafkaConfig(), StreamConfig(data_dir=tmp_path / "stream")),
-            create_adapt_app(KafkaConfig(), AdaptConfig(artifacts_dir=tmp_path / "artifacts",
-                                                        data_dir=tmp_path / "adapt"),
-                             FeatureStoreConfig(repo_dir=tmp_path / "feast"))]
-    for app in apps:
+    kafka, host = KafkaConfig(topic_prefix="shop"), socket.gethostname()
+    apps = {f"shop-stream-{host}-6070": create_stream_app(kafka, StreamConfig(data_dir=tmp_path / "stream",
+                                                                              web_port=6070)),
+            f"shop-adapt-{host}-6071": create_adapt_app(kafka, AdaptConfig(artifacts_dir=tmp_path / "artifacts",
+                                                                           data_dir=tmp_path / "adapt", web_port=6071),
+                                                        FeatureStoreConfig(repo_dir=tmp_path / "feast"))}
+    for instance_id, app in apps.items():
         thread = app.consumer._thread  # where Faust creates its aiokafka consumer
         consumer = thread._create_worker_consumer(app.transport)
         try:
             assert consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS < 1500  # Faust's own: 1.5 s
+            assert consumer._group_instance_id == instance_id
         finally:
             await consumer.stop()
             thread.thread_loop.close()
