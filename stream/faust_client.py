@@ -69,9 +69,9 @@ class TopicTrackingProducer(faust_aiokafka.Producer):
     whole partition map; a send tracks its topic only if the map lacks it. The topics Faust
     declares at start (the tables' changelogs) are in the map untracked (Faust has the
     client fetch every topic's metadata after declaring one): the first refresh for a
-    tracked topic (the first adapt request to a topic the map lacked) drops them. A changelog batch waiting in the producer then has no known leader and is
-    not sent until another send to its topic tracks it again, or its 20-minute request
-    timeout ends. Faust's commit waits for every batch (its pre-commit flush); every
+    tracked topic (the first adapt request to a topic the map lacked) drops them. A changelog
+    batch waiting in the producer then has no known leader and is not sent until another
+    send to its topic tracks it again, or its 20-minute request timeout ends. Faust's commit waits for every batch (its pre-commit flush); every
     `broker_commit_every` acked messages its fetch loop commits before delivering the next
     message, so nothing sends to the changelog any more: the worker stalled (at 10,000
     events, the default), and its shutdown flush hung the same way."""
