@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 from tqdm import tqdm
@@ -99,14 +100,19 @@ def _due_s(config: ReplayConfig, index: int, ts: int, first_ts: int) -> float:
     return 0.0
 
 
-def _produce(producer: Producer, topic: str, event: InteractionEvent, deliveries: _Deliveries) -> None:
-    value, key = event.to_json_bytes(), event.key()
+def produce_when_queued(producer: Producer, topic: str, **record: Any) -> None:
+    """`producer.produce(topic, **record)`, serving delivery reports while librdkafka's local
+    queue is full (100,000 messages by default) until the record fits: none is dropped."""
     while True:
         try:
-            producer.produce(topic, value=value, key=key, on_delivery=deliveries)
-            break
+            producer.produce(topic, **record)
+            return
         except BufferError:  # the local queue is full: wait for deliveries to drain it
             producer.poll(POLL_INTERVAL_S)
+
+
+def _produce(producer: Producer, topic: str, event: InteractionEvent, deliveries: _Deliveries) -> None:
+    produce_when_queued(producer, topic, value=event.to_json_bytes(), key=event.key(), on_delivery=deliveries)
     producer.poll(0)
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from limaml.adapters.replay import produce_when_queued
 from limaml.deploy.processes import BOOTSTRAP_VARIABLE, ChildProcess, free_port, local_kafka, poll
 from limaml.stream.policy import empty_support_set
 from limaml.stream.records import SupportSet
@@ -72,13 +73,8 @@ def fill_changelog(kafka: KafkaConfig, members: int, support_size: int, seed: in
         member_id = f"m{index}"
         state = support_set(rng, support_size, items=1000)
         seqs[member_id] = state.seq
-        while True:
-            try:
-                producer.produce(topic, key=json.dumps(member_id).encode(), value=state.dumps(),
-                                 partition=member_partition(member_id, kafka.partitions))
-                break
-            except BufferError:
-                producer.poll(0.1)
+        produce_when_queued(producer, topic, key=json.dumps(member_id).encode(), value=state.dumps(),
+                            partition=member_partition(member_id, kafka.partitions))
         producer.poll(0)
     if producer.flush(120):
         raise RuntimeError("the changelog was not written in 120 s")

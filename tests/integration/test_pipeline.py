@@ -21,6 +21,7 @@ from rocksdict import Options, Rdict
 from conftest import save_tiny_model
 from limaml.adaptation import AdaptationEngine
 from limaml.adapters.events import InteractionEvent, events_from_log
+from limaml.adapters.replay import produce_when_queued
 from limaml.artifacts import load_artifact
 from limaml.data import InteractionLog
 from limaml.encoding import FeatureEncoder
@@ -104,12 +105,7 @@ class Pipeline:
         producer = Producer({"bootstrap.servers": self.kafka.bootstrap,
                              "partitioner": PRODUCER_PARTITIONER})
         for key, value in messages:
-            while True:
-                try:
-                    producer.produce(topic, key=key, value=value)
-                    break
-                except BufferError:  # the local queue holds 100,000 messages: let it drain
-                    producer.poll(0.1)
+            produce_when_queued(producer, topic, key=key, value=value)
         assert producer.flush(30) == 0
 
     def send_events(self, events: list[InteractionEvent]) -> None:
