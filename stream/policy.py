@@ -6,10 +6,9 @@ signals arriving meanwhile are coalesced into the next request, sent when the
 outstanding one is answered (its embedding comes back) or times out. Pure functions of a
 `SupportSet` so the policy is tested without Kafka.
 
-A request is sent either by the agent that owns the member (`mark_requested` at once) or by
-the stream worker's timer, which may read tables but not write them: its request is
-recorded when the owner reads the timer's note (`mark_sent`), possibly after new events
-or even after the answer, so `answered_seq` remembers the newest answer.
+A request is recorded (`mark_requested`) as it is sent, by an agent of the member's owner
+or by its timer. `answered_seq` remembers the newest answer: a request timed out and sent
+again can be answered twice.
 """
 
 from __future__ import annotations
@@ -155,20 +154,6 @@ def next_check(state: SupportSet, policy: TriggerPolicy) -> float | None:
 def mark_requested(state: SupportSet, now: float) -> SupportSet:
     """The state once a request for everything seen so far is sent."""
     return state.derive(pending=0, oldest_pending_at=0.0, requested_seq=state.seq, requested_at=now)
-
-
-def mark_sent(state: SupportSet, seq: int, sent_at: float) -> SupportSet | None:
-    """The state once the timer's request for `seq` (sent at `sent_at`) is recorded, or None
-    if it changes nothing: a newer request is outstanding or answered already. Events
-    applied after the snapshot stay pending, dated `sent_at` (they arrived later, so they
-    come due no later than they should)."""
-    if seq <= state.answered_seq or seq < state.requested_seq:
-        return None
-    if seq == state.requested_seq:  # a timed-out request sent again
-        return state.derive(requested_at=sent_at) if sent_at > state.requested_at else None
-    pending = state.seq - seq
-    return state.derive(pending=pending, oldest_pending_at=sent_at if pending else 0.0,
-                        requested_seq=seq, requested_at=sent_at)
 
 
 def mark_answered(state: SupportSet, answered_seq: int) -> SupportSet | None:

@@ -87,14 +87,6 @@ class AdaptAnswer(faust.Record, serializer="json", include_metadata=False):
     written: bool  # False: a stored embedding was as new already (nothing was written)
 
 
-class SentRequest(faust.Record, serializer="json", include_metadata=False):
-    """Internal topic: the timer sent an adapt request; the member's owner records it."""
-
-    member_id: str
-    seq: int  # the support-set seq the request snapshotted
-    sent_at: float
-
-
 class RefreshRequest(faust.Record, serializer="json", include_metadata=False):
     """Topic `limaml.refresh-requests`: re-adapt a member, or every member of the partition
     it is sent to, from the stored support set (see `limaml.stream.refresh`)."""

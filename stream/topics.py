@@ -190,8 +190,6 @@ class TopicNames:
     interactions = _topic("interactions", "JSON interaction events, keyed by member_id.")
     dead_letters = _topic("interactions.dlq", "Events that failed validation: raw bytes, reason, source offset.")
     adapt_requests = _topic("adapt-requests", "Support-set snapshots to adapt, keyed by member_id.")
-    sent_requests = _topic("stream-sent-requests", "Internal to the stream workers: the timer's adapt "
-                           "requests, for the owner to record.")
     adapt_answers = _topic("adapt-answers", "Every served adapt request, its embedding written or superseded "
                            "by a stored newer one, keyed by member_id: what settles the stream workers' "
                            "outstanding request.")

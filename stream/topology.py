@@ -14,8 +14,7 @@ from typing import Any
 
 import faust
 
-from limaml.stream.records import (AdaptAnswer, AdaptRequest, ErasureAnswer, ErasureRequest, RefreshRequest,
-                                   SentRequest)
+from limaml.stream.records import AdaptAnswer, AdaptRequest, ErasureAnswer, ErasureRequest, RefreshRequest
 from limaml.stream.topics import KafkaConfig, TopicNames
 
 MB = 1024 * 1024
@@ -34,7 +33,6 @@ class Topics:
     dead_letters: faust.TopicT  # raw `DeadLetter` JSON
     adapt_requests: faust.TopicT  # AdaptRequest: stream -> adapt (also erasures, reason ERASE)
     adapt_answers: faust.TopicT  # AdaptAnswer: adapt -> stream
-    sent_requests: faust.TopicT  # SentRequest: the stream timer's notes to the member's owner (internal)
     refresh_requests: faust.TopicT  # RefreshRequest: scoring service or adapt (backfill) -> stream
     erasure_requests: faust.TopicT  # ErasureRequest: `limaml forget` -> stream
     erasure_answers: faust.TopicT  # ErasureAnswer: adapt -> `limaml forget`
@@ -54,7 +52,6 @@ def declare_topics(app: faust.App, kafka: KafkaConfig) -> Topics:
         dead_letters=app.topic(names.dead_letters, **raw),
         adapt_requests=keyed(names.adapt_requests, AdaptRequest),
         adapt_answers=keyed(names.adapt_answers, AdaptAnswer),
-        sent_requests=keyed(names.sent_requests, SentRequest, internal=True, partitions=kafka.partitions),
         refresh_requests=keyed(names.refresh_requests, RefreshRequest),
         erasure_requests=keyed(names.erasure_requests, ErasureRequest),
         erasure_answers=keyed(names.erasure_answers, ErasureAnswer),

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from limaml.stream.adapt_worker import newest_requests
 from limaml.stream.policy import (RECENT_EVENT_IDS, Example, TriggerPolicy, apply_event, apply_events,
-                                  due_reason, empty_support_set, mark_answered, mark_requested, mark_sent,
-                                  next_check)
+                                  due_reason, empty_support_set, mark_answered, mark_requested, next_check)
 from limaml.stream.records import AdaptRequest, SupportSet
 
 POLICY = TriggerPolicy(support_size=3, min_new_signals=2, max_staleness_s=10.0, request_timeout_s=60.0)
@@ -102,33 +101,13 @@ def test_a_micro_batch_keeps_the_newest_request_of_each_member() -> None:
     assert sorted((r.member_id, r.seq) for r in kept) == [("a", 7), ("b", 1)]
 
 
-def test_the_timers_request_is_recorded_with_later_events_still_pending() -> None:
-    due = applied(3, now=0.0)  # pending 3, stale at 10 s
-    later = apply_event(due, example(3), offset=3, now=11.0, support_size=3)  # after the snapshot
-    assert later is not None
-    recorded = mark_sent(later, seq=3, sent_at=10.5)
-    assert recorded is not None
-    assert (recorded.requested_seq, recorded.requested_at) == (3, 10.5)
-    assert (recorded.pending, recorded.oldest_pending_at) == (1, 10.5)
-    assert due_reason(recorded, now=12.0, policy=POLICY) is None  # outstanding
-
-
-def test_a_timer_note_arriving_after_its_answer_or_a_newer_request_changes_nothing() -> None:
-    due = applied(3, now=0.0)
-    answered = mark_answered(mark_requested(due, now=1.0), answered_seq=3)
-    assert answered is not None
-    assert mark_sent(answered, seq=3, sent_at=0.5) is None
-    newer = mark_requested(apply_event(due, example(3), 3, 2.0, 3), now=2.0)  # requested seq 4
-    assert mark_sent(newer, seq=3, sent_at=1.5) is None
-
-
-def test_a_timed_out_request_sent_again_by_the_timer_restarts_its_clock() -> None:
+def test_a_timed_out_request_sent_again_restarts_its_clock() -> None:
     requested = mark_requested(applied(2), now=0.0)
     assert due_reason(requested, now=60.0, policy=POLICY) == "timeout"
-    resent = mark_sent(requested, seq=2, sent_at=60.0)
-    assert resent is not None and resent.requested_at == 60.0
+    resent = mark_requested(requested, now=60.0)
+    assert (resent.requested_seq, resent.requested_at) == (2, 60.0)
     assert due_reason(resent, now=61.0, policy=POLICY) is None
-    assert mark_sent(resent, seq=2, sent_at=60.0) is None
+    assert next_check(resent, POLICY) == 120.0
 
 
 def test_a_re_adaptation_of_an_answered_seq_is_settled_by_its_answer() -> None:

@@ -64,7 +64,7 @@ def stream_test(tmp_path: Path, **settings: float) -> StreamTest:
     """A stream app whose producer records what it is given instead of sending it (close it
     with `close`)."""
     config = StreamConfig(data_dir=tmp_path, support_size=SUPPORT_SIZE, min_new_signals=MIN_NEW_SIGNALS,
-                          max_staleness_s=600, **({"batch_wait_s": 0.01} | settings))
+                          **({"batch_wait_s": 0.01, "max_staleness_s": 600} | settings))
     app = create_stream_app(KafkaConfig(partitions=PARTITIONS), config, store="memory://")
     test = StreamTest(app)
 
@@ -192,3 +192,34 @@ async def test_an_answer_settles_the_request_and_an_erasure_follows_the_members_
     assert (tombstone.key, tombstone.partition, tombstone.value) == ("m1", partition, None)
     assert [r.value["reason"] for r in stream.requests()] == ["signals", ERASE]
     assert stream.app.limaml_worker.read("m1") is None
+
+
+async def test_the_timer_records_its_stale_requests_in_each_members_own_partition_and_waits_out_rebalances(
+        tmp_path: Path) -> None:
+    members = ["m1", "m2", "m5"]
+    assert len({member_partition(m, PARTITIONS) for m in members}) == len(members)
+    stream = stream_test(tmp_path, max_staleness_s=0.05)
+    worker = stream.app.limaml_worker
+    try:
+        async with stream.agent("ingest").test_context() as agent:
+            for member in members:  # one event each: fewer than MIN_NEW_SIGNALS, due by staleness only
+                await agent.put(event(member, "a"), key=member.encode(), partition=member_partition(member, PARTITIONS))
+            await until(lambda: len(stream.resume_offsets()) == len(members))
+        assert not stream.requests()
+        stream.app.rebalancing = True  # the check times may name members another worker owns now
+        await until(lambda: len(worker.check_times.due_at(time.time())) == len(members))
+        worker.find_due_members()
+        assert not stream.requests() and len(stream.changelog()) == len(members)
+        stream.app.rebalancing = False
+        worker.find_due_members()
+        worker.find_due_members()  # outstanding now: nothing is sent again
+    finally:
+        close(stream)
+    assert sorted((r.key, r.value["seq"], r.value["reason"]) for r in stream.requests()) == [
+        (m, 1, "stale") for m in members]
+    recorded = stream.changelog()[len(members):]
+    assert sorted(r.key for r in recorded) == members
+    for record in recorded:
+        assert record.partition == member_partition(record.key, PARTITIONS)
+        assert (record.value["requested_seq"], record.value["pending"]) == (1, 0)
+        assert worker.read(record.key).requested_seq == 1

@@ -392,8 +392,7 @@ def test_a_restarted_worker_still_sends_the_stale_requests_it_owes(
     poll(lambda: requests_sent(restarted, "stale") == 1, 60, "the owed stale request",
          describe=lambda: f"support set {restarted.get_json(f'/members/{member}/')}, log:\n"
                           f"{restarted.log_tail(15)}")
-    # The metric counts the request when it is sent; the support set records it only once
-    # the timer's note has gone through Kafka and back, so wait for the state itself.
+    # The metric counts the request as it is sent, the row records it right after: poll the row.
     def request_recorded() -> bool:
         state = restarted.get_json(f"/members/{member}/") or {}
         return (state.get("requested_seq"), state.get("pending")) == (len(waiting), 0)
