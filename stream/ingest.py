@@ -24,9 +24,9 @@ long, or a request unanswered too long), sends their adapt requests and records 
 the member's row at once. Faust lets only a stream's own iteration write a table (the
 write's changelog partition is that of the current event), so the timer writes as a
 stand-in event of the member's partition, and never while a rebalance is under way. It
-used to send a note through an internal topic for the owner's agent to record: at 5,000
-events/s that was half the requests' cost to the stream worker (a note sent, read and
-recorded, a second 2.4 KB row written).
+used to send a note through an internal topic for the owner's agent to record: with 5,000
+members at 5,000 events/s nearly every request is the timer's, and each note was one more
+message sent and read, and one more 2.4 KB row and changelog record written.
 Refresh requests (a scoring service saw an embedding of another model version) and
 backfills (a new model version became active) re-adapt members from their stored
 support sets. An erasure request (`limaml forget`) deletes the member's support set (a
@@ -34,9 +34,10 @@ tombstone in the table's changelog) and is forwarded to the adaptation workers o
 adapt-requests, after any adapt request already sent for the member; they delete the rest.
 
 Every read-update-write of a support set is synchronous (no `await` between the read and
-the write), and every record that follows from it (adapt requests, forwarded erasures) is put in Faust's producer buffer (`send_soon`), which sends in order:
-an answer, the timer or an erasure of the same member cannot interleave with the step, and an
-erasure is forwarded after every adapt request the worker produced for the member before.
+the write), and every record that follows from it (adapt requests, forwarded erasures) is
+put in Faust's producer buffer (`send_soon`), which sends in order: an answer, the timer or
+an erasure of the same member cannot interleave with the step, and an erasure is forwarded
+after every adapt request the worker produced for the member before.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ from limaml.stream.faust_client import (create_faust_app, drain_changelog_writes
 from limaml.stream.metrics import StreamMetrics
 from limaml.stream.policy import (Example, TriggerPolicy, apply_events, due_reason,
                                   empty_support_set, mark_answered, mark_requested, next_check)
-from limaml.stream.records import AdaptAnswer, AdaptRequest, ErasureRequest, RefreshRequest, SupportSet, erasure_of
+from limaml.stream.records import (AdaptAnswer, AdaptRequest, ErasureRequest, RefreshRequest, SupportSet,
+                                   erasure_of)
 from limaml.stream.source_offsets import decode_offset, encode_offset, is_member_key, offset_key
 from limaml.stream.topology import Tables, Topics, declare_tables, declare_topics
 from limaml.stream.web_auth import web_application_options
@@ -324,7 +326,7 @@ class StreamWorker:
                     self.check_times.set(member_id, None)
                     continue
                 reason = due_reason(state, now, self.policy)
-                if reason is None:  # came due a little later than indexed (float rounding)
+                if reason is None:  # due a moment later than indexed (float rounding)
                     self.check_times.set(member_id, next_check(state, self.policy))
                     continue
                 self.request(member_id, state, reason, now)
