@@ -44,8 +44,6 @@
 #   LIMAML_KAFKA_RETENTION_HOURS  log.retention.hours      (default 168)
 #   LIMAML_KAFKA_HEAP_OPTS      JVM heap per broker        (default "-Xms128m -Xmx512m"; with
 #                               more than one broker "-Xms64m -Xmx256m", for three JVMs on a laptop)
-#   LIMAML_KAFKA_JIT_OPTS       JIT flags per broker       (default "-XX:TieredStopAtLevel=1":
-#                               C1 only, see jvm_flags; "" for the full tiered JIT)
 #   LIMAML_KAFKA_START_TIMEOUT  seconds to wait for readiness (default 60)
 #   LIMAML_KAFKA_STOP_TIMEOUT   seconds to wait after SIGTERM before SIGKILL (default 30)
 #   MVN, JAVA_HOME              the Maven and Java to use (Kafka 4 needs Java 17+)
@@ -363,13 +361,7 @@ LIMAML_KAFKA_SSL_CAFILE=$TLS_DIR/ca.pem
 END
 }
 
-# Common JVM flags: classpath, logging, a small heap (broker and workers share the box), and
-# the C1 compiler only. With the full tiered JIT a broker's C2 compiler thread took 0.2-0.35 of
-# a core for minutes after every start: on 2 cores, with the workers beside it, at 5,000
-# events/s one broker used 0.45-0.65 cores, 0.24 with C1 only, and three brokers under the
-# chaos benchmark 1.13 against 0.71 cores, a restart 11-16 s against 7-9 s
-# (docs/benchmarks.md). C1's code is slower than C2's; over runs of minutes, as here, the
-# compiling cost more than it saved.
+# Common JVM flags: classpath, logging, a small heap (broker and workers share the box).
 jvm_flags() {
     local dir
     dir=$(node_dir "$1")
@@ -377,9 +369,7 @@ jvm_flags() {
     ((BROKERS > 1)) && default_heap="-Xms64m -Xmx256m"
     # shellcheck disable=SC2206  # the heap options are meant to be split into words
     local heap=(${LIMAML_KAFKA_HEAP_OPTS:-$default_heap})
-    # shellcheck disable=SC2206
-    local jit=(${LIMAML_KAFKA_JIT_OPTS--XX:TieredStopAtLevel=1})
-    printf '%s\n' "${heap[@]}" "${jit[@]}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    printf '%s\n' "${heap[@]}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
         -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExitOnOutOfMemoryError \
         -Djava.awt.headless=true \
         "-Dkafka.logs.dir=$dir/logs" "-Dlog4j2.configurationFile=$dir/log4j2.properties" \
