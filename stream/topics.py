@@ -167,10 +167,6 @@ class KafkaConfig:
             # whose batch is full waits for it: with Kafka's 16 KiB the stream worker spent
             # 17 % of a backlog blocked there (4,300 events/s; 4,800 with this).
             "producer_max_batch_size": 256 * 1024,
-            # A support-set row (changelog) and an adapt request are about 2.4 KB of JSON that
-            # LZ4 shrinks several times; at 5,000 events/s on one broker this cut the broker's
-            # CPU from 0.65 to 0.45 cores, the workers' CPU per event unchanged (docs/benchmarks.md).
-            "producer_compression_type": "lz4",
         }
 
     @property
