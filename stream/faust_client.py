@@ -71,10 +71,11 @@ class TopicTrackingProducer(faust_aiokafka.Producer):
     client fetch every topic's metadata after declaring one): the first refresh for a
     tracked topic (the first adapt request to a topic the map lacked) drops them. A changelog
     batch waiting in the producer then has no known leader and is not sent until another
-    send to its topic tracks it again, or its 20-minute request timeout ends. Faust's commit waits for every batch (its pre-commit flush); every
-    `broker_commit_every` acked messages its fetch loop commits before delivering the next
-    message, so nothing sends to the changelog any more: the worker stalled (at 10,000
-    events, the default), and its shutdown flush hung the same way."""
+    send to its topic tracks it again, or its 20-minute request timeout ends. Faust's commit
+    waits for every batch (its pre-commit flush); every `broker_commit_every` acked messages
+    its fetch loop commits before delivering the next message, so nothing sends to the
+    changelog any more: the worker stalled (at 10,000 events, the default), and its shutdown
+    flush hung the same way."""
 
     async def send(self, topic: str, *args: Any, **kwargs: Any) -> Awaitable[RecordMetadata]:
         client = self._ensure_producer().client
