@@ -15,9 +15,8 @@
    suspension (four asyncio tasks per message) when its delivery cannot suspend anyway,
    and that never delivers records a fetch brought back from before a seek of their
    partition (see `LowLatencyConsumer._drain_messages`).
-5. A producer whose client keeps the metadata of every topic it writes to (see
-   `TopicTrackingProducer`): without it a table's changelog writes could wait for 20 minutes,
-   and the stream worker with them.
+5. A producer that sends through librdkafka, and tables whose changelog records skip
+   Faust's per-message send path (`limaml.stream.librdkafka_producer`).
 
 The apps connect with `[kafka]`'s security settings (see `broker_credentials`), the workers
 join their consumer groups as static members (see `group_instance_id`), and every
@@ -31,7 +30,7 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -39,8 +38,9 @@ import faust
 from aiokafka import AIOKafkaConsumer
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, RecordMetadata
+from faust.types import TP
 
+from limaml.stream.librdkafka_producer import send_through_librdkafka
 from limaml.stream.topics import KafkaConfig
 
 log = logging.getLogger(__name__)
@@ -60,28 +60,6 @@ class LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts its fetcher
         return consumer
-
-
-class TopicTrackingProducer(faust_aiokafka.Producer):
-    """A producer whose aiokafka client tracks every topic it sends to.
-
-    aiokafka refreshes its metadata for the topics it tracks only, and a refresh replaces its
-    whole partition map; a send tracks its topic only if the map lacks it. The topics Faust
-    declares at start (the tables' changelogs) are in the map untracked (Faust has the
-    client fetch every topic's metadata after declaring one): the first refresh for a
-    tracked topic (the first adapt request to a topic the map lacked) drops them. A changelog
-    batch waiting in the producer then has no known leader and is not sent until another
-    send to its topic tracks it again, or its 20-minute request timeout ends. Faust's commit
-    waits for every batch (its pre-commit flush); every `broker_commit_every` acked messages
-    its fetch loop commits before delivering the next message, so nothing sends to the
-    changelog any more: the worker stalled (at 10,000 events, the default), and its shutdown
-    flush hung the same way."""
-
-    async def send(self, topic: str, *args: Any, **kwargs: Any) -> Awaitable[RecordMetadata]:
-        client = self._ensure_producer().client
-        if topic not in client._topics:
-            client.add_topic(topic)  # its metadata refreshed with the others from now on
-        return await super().send(topic, *args, **kwargs)
 
 
 ResumeOffsets = Callable[[Set[TP]], Mapping[TP, int]]
@@ -260,7 +238,7 @@ def create_faust_app(kafka: KafkaConfig, role: str, **settings: Any) -> faust.Ap
     app = faust.App(kafka.faust_app_id(role), **kafka.faust_settings(),
                     broker_credentials=broker_credentials(kafka), **settings)
     app.transport.Consumer = LowLatencyConsumer  # before `app.consumer` is first created
-    app.transport.Producer = TopicTrackingProducer  # and `app.producer`
+    send_through_librdkafka(app, kafka)  # before `app.producer` is first created and tables declared
     create_topics_with(app, kafka.topic_config)
     return app
 

@@ -166,6 +166,7 @@ class StreamWorker:
         read-update-write of its support set (the adapt requests this makes due go into the
         producer buffer together), then the rejected events' dead letters sent, and
         acknowledged by the broker before this returns (Faust acks the batch after that)."""
+        await self.app.producer.wait_for_room()  # for the batch's changelog records and requests
         now = time.time()
         partitions: dict[int, tuple[EventT, dict[str, list[tuple[Example, int]]]]] = {}
         rejected: list[DeadLetter] = []

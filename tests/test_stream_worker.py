@@ -61,20 +61,24 @@ class StreamTest:
 
 
 def stream_test(tmp_path: Path, **settings: float) -> StreamTest:
-    """A stream app whose producer records what it is given instead of sending it (close it
-    with `close`)."""
+    """A stream app whose producer records what it is given instead of sending it, messages
+    and table writes' changelog records (close it with `close`)."""
     config = StreamConfig(data_dir=tmp_path, support_size=SUPPORT_SIZE, min_new_signals=MIN_NEW_SIGNALS,
                           **({"batch_wait_s": 0.01, "max_staleness_s": 600} | settings))
     app = create_stream_app(KafkaConfig(partitions=PARTITIONS), config, store="memory://")
     test = StreamTest(app)
 
+    def produce(topic: str, key: bytes | str, value: bytes | None, partition: int | None, *args: object) -> None:
+        key = key.decode() if isinstance(key, bytes) else key
+        test.sent.append(Sent(topic, json.loads(key) if key.startswith('"') else key, partition,
+                              None if value is None else json.loads(value)))
+
     def record(fut: faust.types.FutureMessage) -> None:  # instead of the producer buffer
         message = fut.message
-        key = message.key.decode() if isinstance(message.key, bytes) else message.key
-        test.sent.append(Sent(message.channel.get_topic_name(), json.loads(key) if key.startswith('"') else key,
-                              message.partition, None if message.value is None else json.loads(message.value)))
+        produce(message.channel.get_topic_name(), message.key, message.value, message.partition)
 
     app.producer.send_soon = record
+    app.producer.produce = produce  # table writes (`librdkafka_producer.ChangelogTable`)
     return test
 
 

@@ -19,7 +19,9 @@ async def test_a_write_to_a_topic_known_from_the_start_is_sent_after_a_new_topic
     does not know yet (an adapt request's) has it refresh the metadata of its tracked topics
     only. A changelog write still waiting then (here for its linger) lost its partition's
     leader and waited for the 20-minute request timeout: the pre-commit flush, the commit and
-    the stream worker with them (`faust_client.TopicTrackingProducer`)."""
+    the stream worker with them. That was when the apps sent through aiokafka; they send
+    through librdkafka now (`limaml.stream.librdkafka_producer`), and aiokafka still creates
+    the topics."""
     known = kafka_topic_factory("known")
     app = create_faust_app(KafkaConfig(bootstrap=kafka_bootstrap, topic_prefix=known), "producer")
     app.conf.producer_linger = 1.0  # the changelog write waits while the new topic is written
