@@ -126,9 +126,11 @@ class Stack:
     """One prefix's topics, Feast store, model and workers."""
 
     def __init__(self, bootstrap: str, dataset: str, work: Path, exits: ExitStack,
-                 max_staleness_s: float = 0.5, partitions: int = PARTITIONS, serving: bool = True) -> None:
+                 max_staleness_s: float = 0.5, partitions: int = PARTITIONS, serving: bool = True,
+                 adapt_options: tuple[str, ...] = ()) -> None:
         """`serving=False` skips the model and the member profiles only an adaptation worker
-        needs (a stream-worker-only benchmark over a large log)."""
+        needs (a stream-worker-only benchmark over a large log); `adapt_options` are further
+        `limaml adapt` options of the freshness phase's adaptation worker."""
         self.dataset = dataset
         self.max_staleness_s = max_staleness_s
         self.log = load_dataset(dataset)
@@ -136,6 +138,7 @@ class Stack:
                                  partitions=partitions)
         self.work = work / self.kafka.topic_prefix
         self.exits = exits
+        self.adapt_options = adapt_options
         if serving:
             train_model(self.log, self.work / "artifacts")
             fields = ",".join(sorted(self.log.member_features))
@@ -201,12 +204,14 @@ def all_answered(streams: list[ChildProcess], adapts: list[ChildProcess]) -> boo
 
 
 def freshness_phase(stack: Stack, label: str, limit: int, **pace: float) -> dict[str, float]:
-    workers = {"stream": stack.start("stream"), "adapt": stack.start("adapt")}
+    workers = {"stream": stack.start("stream"), "adapt": stack.start("adapt", "0", *stack.adapt_options)}
     stream, adapt = workers["stream"], workers["adapt"]
     stack.replay(limit=WARMUP_EVENTS, **pace)
     poll(lambda: stream.metric("limaml_stream_events_total") >= WARMUP_EVENTS, 300, f"{label}: warm-up applied")
     poll(lambda: all_answered([stream], [adapt]), 300, f"{label}: warm-up requests answered")
     before = scrape_stages(workers)
+    cpu_before = {kind: process_cpu_s(worker) for kind, worker in workers.items()}
+    served_before = summed([adapt], ADAPT_EMBEDDINGS) + summed([adapt], ADAPT_SKIPPED_STALE)
     since = time.time()  # embeddings of older events (the warm-up's) are not counted
     watcher = EmbeddingWatcher(stack.kafka.bootstrap, TopicNames(stack.kafka.topic_prefix).meta_embeddings)
     watcher.start()
@@ -218,6 +223,8 @@ def freshness_phase(stack: Stack, label: str, limit: int, **pace: float) -> dict
     watcher.done.set()
     watcher.join(timeout=30)
     after = scrape_stages(workers)
+    cpu_s = {kind: process_cpu_s(worker) - cpu_before[kind] for kind, worker in workers.items()}
+    served = summed([adapt], ADAPT_EMBEDDINGS) + summed([adapt], ADAPT_SKIPPED_STALE) - served_before
     mean = {stage: (after[stage][0] - before[stage][0]) / max(after[stage][1] - before[stage][1], 1)
             for stage in STAGES}
     p99_of = {stage: quantile(subtract(after[stage][2], before[stage][2]), 0.99) or 0.0 for stage in STAGES}
@@ -233,7 +240,9 @@ def freshness_phase(stack: Stack, label: str, limit: int, **pace: float) -> dict
           f"buckets): event applied {mean['ingest_lag_s']:.3f} / {p99_of['ingest_lag_s']:.2f} s after it was "
           f"produced, request sent {mean['trigger_delay_s']:.3f} / {p99_of['trigger_delay_s']:.2f} s after it, "
           f"micro-batch started {mean['request_wait_s']:.3f} / {p99_of['request_wait_s']:.2f} s after that, "
-          f"took {mean['batch_s']:.3f} / {p99_of['batch_s']:.2f} s")
+          f"took {mean['batch_s']:.3f} / {p99_of['batch_s']:.2f} s; CPU time: the stream worker "
+          f"{1000 * cpu_s['stream'] / result['events']:.3f} ms per event, the adaptation worker "
+          f"{1e6 * cpu_s['adapt'] / max(served, 1):.0f} µs per request ({served:.0f} requests)")
     stream.stop()
     adapt.stop()
     return result
@@ -251,6 +260,8 @@ def main() -> None:
                         help="the stream worker's --max-staleness-s")
     parser.add_argument("--movielens", type=Path, help="ml-100k directory for a time-compressed replay")
     parser.add_argument("--speedup", type=float, default=200_000.0, help="MovieLens time compression")
+    parser.add_argument("--adapt-compile", action="store_true",
+                        help="the adaptation worker with `--compile` (the compiled inner loop)")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.backlog = 20.0, 20_000
@@ -281,11 +292,14 @@ def main() -> None:
               f"CPU time {cpu_ms_per_event:.3f} ms per event (all its threads: a figure that "
               f"depends less on what else runs than events/s)")
 
-        sustained = freshness_phase(Stack(bootstrap, synthetic, work, exits, args.max_staleness_s),
+        adapt_options = ("--compile",) if args.adapt_compile else ()
+        sustained = freshness_phase(Stack(bootstrap, synthetic, work, exits, args.max_staleness_s,
+                                          adapt_options=adapt_options),
                                     f"synthetic at {args.rate:g} events/s", rate=args.rate,
                                     limit=WARMUP_EVENTS + int(args.rate * args.duration))
         if args.movielens:
-            movielens = Stack(bootstrap, f"movielens:{args.movielens}", work, exits, args.max_staleness_s)
+            movielens = Stack(bootstrap, f"movielens:{args.movielens}", work, exits, args.max_staleness_s,
+                              adapt_options=adapt_options)
             freshness_phase(movielens, f"MovieLens 100K at {args.speedup:g}x", speedup=args.speedup,
                             limit=20_000 if args.quick else movielens.log.n_events)
     print(f"freshness_p99_s={sustained['p99']:.3f} events_per_s={stream_rate:.0f} "

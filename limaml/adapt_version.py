@@ -42,4 +42,5 @@ class AdaptVersion(ActiveFollower[AdaptModel]):
         artifact = load_artifact(self.root, version)
         engine = AdaptationEngine(artifact.model, self._device, compile=self._compile,
                                   support_capacity=self._support_capacity)
+        engine.warm_up()  # before the version serves a batch
         return AdaptModel(artifact=artifact, engine=engine, encoder=FeatureEncoder(artifact.schema))

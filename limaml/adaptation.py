@@ -159,10 +159,30 @@ class AdaptationEngine:
         self.support_capacity = support_capacity
         self._adapt_chunk = torch.compile(adapted_embeddings) if compile else adapted_embeddings
         self._compiled = compile
+        if compile:  # room to compile every chunk shape (Dynamo runs eager past its limit)
+            shapes = max(1, max_members_per_chunk.bit_length() - 4)
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * shapes)
 
     @property
     def meta_dim(self) -> int:
         return self.model.config.meta_dim
+
+    def warm_up(self) -> None:
+        """With `compile`, compile the inner loop for every chunk shape now, on empty members:
+        a shape's first use compiles for seconds (about 10 s on two CPU cores), and a
+        micro-batch that met a new shape waited for it (a 27 s batch at 5,000 events/s).
+        Without `compile`, nothing to do."""
+        if not self._compiled:
+            return
+        config = self.model.config
+        empty = MemberSupport(features=np.zeros(len(config.member_field_cardinalities), dtype=np.int64),
+                              items=np.zeros(1, dtype=np.int64), labels=np.zeros(1, dtype=np.float32),
+                              context=np.zeros((1, config.context_dim), dtype=np.float32))
+        one = SupportBatch.from_members([empty], config.context_dim, self.device)
+        rows = _next_power_of_two(1)
+        while rows <= self.max_members_per_chunk:
+            self.adapt_batch(pad_members(one, rows))
+            rows *= 2
 
     def adapt_batch(self, support: SupportBatch) -> Tensor:
         """[B, E] float32 embeddings on the CPU, in the batch's member order."""
@@ -207,9 +227,11 @@ def pad_support(batch: SupportBatch, length: int) -> SupportBatch:
 
 
 def pad_members(batch: SupportBatch, rows: int) -> SupportBatch:
-    """The batch with empty members appended up to `rows` members."""
+    """The batch with empty members appended up to `rows` members, in new tensors even when
+    none is appended: a compiled function's guards tell a slice of a larger batch (a view)
+    from a tensor of its own, so a chunk of either kind compiled its own graph."""
     extra = rows - len(batch)
-    if extra <= 0:
+    if extra < 0:
         return batch
     return SupportBatch(*(torch.cat([t, t.new_zeros((extra, *t.shape[1:]))])
                           for t in (batch.member_features, batch.items, batch.labels,

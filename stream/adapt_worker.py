@@ -45,7 +45,7 @@ from limaml.stream.batching import BatchLimit, take_growing
 from limaml.stream.config import AdaptConfig
 from limaml.stream.faust_client import create_faust_app
 from limaml.stream.metrics import AdaptMetrics
-from limaml.stream.records import ERASE, AdaptAnswer, AdaptRequest, ErasureAnswer, RefreshRequest
+from limaml.stream.records import ERASE, AdaptRequest, ErasureAnswer, RefreshRequest, answer_json
 from limaml.stream.topology import declare_topics
 from limaml.stream.web_auth import web_application_options
 from limaml.stream.topics import KafkaConfig
@@ -144,7 +144,8 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
         web_application_options=web_application_options(config.web_token()),
     )
     topics = declare_topics(app, kafka)
-    requests_topic, embeddings_topic, answers_topic = topics.adapt_requests, topics.meta_embeddings, topics.adapt_answers
+    requests_topic, embeddings_topic = topics.adapt_requests, topics.meta_embeddings
+    embeddings_name, answers_name = embeddings_topic.get_topic_name(), topics.adapt_answers.get_topic_name()
     refresh_topic, erasure_answers = topics.refresh_requests, topics.erasure_answers
     torch.set_num_threads(config.torch_threads)
     model = AdaptVersion(config.artifacts_dir, config.device, config.compile)
@@ -173,14 +174,14 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
         written, superseded = await asyncio.get_running_loop().run_in_executor(executor, adapter, requests)
         done = time.time()
         publishing = time.perf_counter()
+        await app.producer.wait_for_room()
         for embedding in written:  # the compacted topic must not step back either
-            await embeddings_topic.send(key=embedding.member_id, value=embedding.to_json())
+            app.producer.produce(embeddings_name, embedding.member_id.encode(), embedding.to_json())
             metrics.freshness.observe(done - embedding.newest_produced_at / 1000)
         written_members = {e.member_id for e in written}
         for request in requests:
-            await answers_topic.send(key=request.member_id, value=AdaptAnswer(
-                member_id=request.member_id, seq=request.seq,
-                written=request.member_id in written_members))
+            app.producer.produce(answers_name, request.member_id.encode(), answer_json(
+                request.member_id, request.seq, request.member_id in written_members))
         metrics.stage_seconds.labels("publish").observe(time.perf_counter() - publishing)
         metrics.embeddings.inc(len(written))
         metrics.skipped.inc(superseded)

@@ -8,9 +8,9 @@ held incoming messages back (bench/chaos.py). librdkafka (confluent-kafka) build
 in C, keeps up to five requests in flight per broker with the idempotent producer (so
 retries still keep each partition's order), and needs one Python call per record.
 
-Everything else stays Faust's: the producer buffer, table changelog bookkeeping (a
-changelog write's future gets the broker's offset, which Faust persists with the table),
-topic creation and key partitioning, which use an aiokafka client as before. Delivery
+Everything else stays Faust's: the producer buffer, the future of a record sent through
+it, topic creation and key partitioning, which use an aiokafka client as before. Tables
+produce their changelog records directly (`limaml.stream.changelog_table`). Delivery
 reports are served on the event loop, by a task that polls librdkafka every few
 milliseconds while records are in flight, so a record's future is resolved in the loop's
 thread with no hand-over between threads per record.
@@ -28,9 +28,10 @@ import confluent_kafka
 import faust
 from aiokafka.structs import RecordMetadata, TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, HeadersArg
+from faust.types import HeadersArg
 from mode import Service
 
+from limaml.stream.changelog_table import ChangelogTable
 from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig
 
 log = logging.getLogger(__name__)
@@ -107,17 +108,22 @@ class LibrdkafkaProducer(faust_aiokafka.Producer):
         """Call `callback` after each round of delivery reports (to act once on a round's)."""
         self._after_delivery_reports.append(callback)
 
-    def produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None,
-                on_delivery: OnDelivery, timestamp: float | None = None,
+    def produce(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
+                on_delivery: OnDelivery | None = None, timestamp: float | None = None,
                 headers: HeadersArg | None = None) -> None:
-        """Queue a record in librdkafka (partition None: the partitioner picks it)."""
+        """Queue a record in librdkafka (partition None: the partitioner picks it; on_delivery
+        None: a failure is logged). It needs no `await`: a synchronous step's records go out
+        in the order it produced them (each partition's, that is)."""
         if self._records is None:
             raise faust.exceptions.NotReady("Producer service not yet started")
         seq, in_flight = self._next_seq, self._in_flight
 
         def delivered(error: confluent_kafka.KafkaError | None, message: confluent_kafka.Message) -> None:
             del in_flight[seq]
-            on_delivery(error, message)
+            if on_delivery is not None:
+                on_delivery(error, message)
+            elif error is not None:
+                log.error("%s[%d]: a record was not delivered: %s", message.topic(), message.partition(), error)
 
         if isinstance(headers, Mapping):
             headers = list(headers.items())
@@ -191,59 +197,3 @@ class LibrdkafkaProducer(faust_aiokafka.Producer):
                 await asyncio.wait_for(sent.wait(), 1.0)
             except asyncio.TimeoutError:
                 pass
-
-
-class ChangelogTable(faust.Table):
-    """A Faust table whose changelog records go straight to `LibrdkafkaProducer.produce`.
-
-    Faust sends a table write's changelog record as any other message: a future message,
-    serialised through the topic, queued in the producer buffer, published, and a callback
-    that stores the partition's persisted offset in RocksDB: about 15 % of a stream worker's
-    time on a backlog (docs/benchmarks.md). Here the record is produced at
-    once, and the persisted offsets of a round of delivery reports are stored once per
-    partition. A failed changelog record stops the worker: the local row it wrote is not in
-    the changelog, and only a restore from the changelog makes the two agree again
-    (`limaml.stream.table_state`). Not for exactly-once apps (no transactions)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._delivered_offsets: dict[int, int] = {}
-        """changelog partition -> the offset of its newest delivered record not yet persisted."""
-        self._hooked = False
-
-    def on_key_set(self, key: Any, value: Any) -> None:
-        self._send_changelog_record(key, value)
-        self._sensor_on_set(self, key, value)
-
-    def on_key_del(self, key: Any) -> None:
-        self._send_changelog_record(key, None)
-        self._sensor_on_del(self, key)
-
-    def _send_changelog_record(self, key: Any, value: Any) -> None:
-        producer = self.app.producer
-        if not self._hooked:
-            producer.after_delivery_reports(self._persist_offsets)
-            self._hooked = True
-        serializers, topic = self.app.serializers, self.changelog_topic_name
-        key_bytes = serializers.dumps_key(self.key_type, key, serializer=self.key_serializer)
-        value_bytes = None if value is None else serializers.dumps_value(self.value_type, value,
-                                                                        serializer=self.value_serializer)
-        partition = self.partition_for_key(key)
-        if partition is None:
-            partition = producer.key_partition(topic, key_bytes).partition
-        producer.produce(topic, key_bytes, value_bytes, partition, self._on_delivery)
-
-    def _on_delivery(self, error: confluent_kafka.KafkaError | None, message: confluent_kafka.Message) -> None:
-        if error is None:
-            self._delivered_offsets[message.partition()] = message.offset()
-            return
-        log.error("%s[%d]: a changelog record failed (%s): the worker stops, and its successor restores "
-                  "the table from the changelog", message.topic(), message.partition(), error)
-        self.app.loop.create_task(self.app.crash(confluent_kafka.KafkaException(error)))
-
-    def _persist_offsets(self) -> None:
-        if self._delivered_offsets:
-            topic = self.changelog_topic_name
-            for partition, offset in self._delivered_offsets.items():
-                self.data.set_persisted_offset(TP(topic, partition), offset)
-            self._delivered_offsets.clear()

@@ -87,6 +87,12 @@ class AdaptAnswer(faust.Record, serializer="json", include_metadata=False):
     written: bool  # False: a stored embedding was as new already (nothing was written)
 
 
+def answer_json(member_id: str, seq: int, written: bool) -> bytes:
+    """The `AdaptAnswer` record's bytes, without building the record (the adaptation worker
+    sends one per request)."""
+    return orjson.dumps({"member_id": member_id, "seq": seq, "written": written})
+
+
 class RefreshRequest(faust.Record, serializer="json", include_metadata=False):
     """Topic `limaml.refresh-requests`: re-adapt a member, or every member of the partition
     it is sent to, from the stored support set (see `limaml.stream.refresh`)."""

@@ -110,6 +110,18 @@ def test_compiled_engine_pads_shapes_and_matches_eager() -> None:
     np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
+def test_a_warmed_up_compiled_engine_compiles_nothing_for_any_batch_size() -> None:
+    """The warm-up compiles every chunk shape, so no micro-batch waits for a compilation."""
+    model = small_model()
+    engine = AdaptationEngine(model, "cpu", compile=True, support_capacity=max(SIZES), max_members_per_chunk=64)
+    engine.warm_up()
+    compiled = dict(torch._dynamo.utils.counters["stats"])
+    members = random_members(model, SIZES * 20)
+    for count in (1, 7, 16, 17, 40, 64, 65, 120):
+        assert engine.adapt_members(members[:count]).shape == (count, model.config.meta_dim)
+    assert dict(torch._dynamo.utils.counters["stats"]) == compiled
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_engine_matches_cpu() -> None:
     members = random_members(small_model(), SIZES)
