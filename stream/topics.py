@@ -155,7 +155,7 @@ class KafkaConfig:
             "broker_heartbeat_interval": self.session_timeout_s / 5,
             "consumer_auto_offset_reset": "earliest",
             # Batch produce requests (changelog writes, adapt requests) for a few ms instead of
-            # sending one request per message: the pure-Python client's main CPU cost.
+            # sending one request per message (librdkafka's `linger.ms`).
             "producer_linger_ms": 5,
             # Hand the agents at most 200 fetched records at a time. Unbounded, one poll
             # returned thousands, delivered one by one before the next poll, so events waited
@@ -163,9 +163,9 @@ class KafkaConfig:
             # after they were produced, 1.3-1.8 s with this (docs/benchmarks.md).
             "broker_max_poll_records": 200,
             # Room for about a hundred 2.4 KB support-set changelog writes per partition in one
-            # produce request. aiokafka sends one request per broker at a time, and a writer
-            # whose batch is full waits for it: with Kafka's 16 KiB the stream worker spent
-            # 17 % of a backlog blocked there (4,300 events/s; 4,800 with this).
+            # produce request (librdkafka's `batch.size`). With aiokafka, which the apps sent
+            # through before, and Kafka's 16 KiB, the stream worker spent 17 % of a backlog
+            # waiting for full batches (4,300 events/s; 4,800 with this).
             "producer_max_batch_size": 256 * 1024,
         }
 
