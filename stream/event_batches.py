@@ -19,6 +19,7 @@ stream event, the partition's first in the batch, in when the batch is handed ov
 when it is acked. They took 8 % of a stream worker's time on a backlog, called per event
 (docs/benchmarks.md), and the consumer reads only the time of a partition's last stream
 event from them (its check for a stalled stream); limaml's own metrics count the events.
+
 `tests/test_event_batches.py` fails when another faust-streaming version than
 `faust_client.FAUST_VERSION` is installed: check this against its stream iterator first.
 """
