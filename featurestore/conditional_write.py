@@ -3,8 +3,9 @@ holds for its entity passes, and the read, the test and the write are one atomic
 own writes are not: SQLite overwrites, and Redis compares event times after a separate read,
 so of two racing writers the later write wins whatever its content.
 
-Rows are encoded by Feast itself (`_convert_arrow_to_proto`, what `FeatureStore.push` runs)
-and stored in Feast's layout (feast 0.67), so `get_online_features` reads them unchanged:
+Rows come as Feast's online rows (what `FeatureStore.push` converts a frame to, with
+`_convert_arrow_to_proto`) and are stored in Feast's layout (feast 0.67), so
+`get_online_features` reads them unchanged:
 
 - SQLite: table `{project}_{view}` in the store's file, one row per (entity_key, feature_name):
   entity_key the serialized entity key, value the serialized ValueProto, value_text its text,
@@ -34,8 +35,6 @@ from contextlib import closing
 from datetime import datetime
 from typing import Any
 
-import pandas as pd
-import pyarrow as pa
 from feast import FeatureStore, FeatureView
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.helpers import (
@@ -51,7 +50,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
 from feast.type_map import feast_value_type_to_python_type
-from feast.utils import _convert_arrow_to_proto, make_tzaware, to_naive_utc
+from feast.utils import make_tzaware, to_naive_utc
 from google.protobuf.timestamp_pb2 import Timestamp
 from redis import Redis, WatchError
 
@@ -153,11 +152,9 @@ class ConditionalWriter:
                         found[value][name][feature] = _decode(stored)
         return found
 
-    def write_where(self, frame: pd.DataFrame, compared: Sequence[str], accept: Accept) -> list[int]:
-        """Write each row of `frame` (one per entity, the columns a push takes) whose entity's
-        stored `compared` features `accept` allows; returns the indexes of the rows written."""
-        join_keys = {column.name: column.dtype.to_value_type() for column in self.view.entity_columns}
-        rows: list[FeastRow] = _convert_arrow_to_proto(pa.Table.from_pandas(frame), self.view, join_keys)
+    def write_where(self, rows: Sequence[FeastRow], compared: Sequence[str], accept: Accept) -> list[int]:
+        """Write each row (one per entity, every feature of the view) whose entity's stored
+        `compared` features `accept` allows; returns the indexes of the rows written."""
         keys = [serialize_entity_key(row[0], entity_key_serialization_version=self._key_version)
                 for row in rows]
         if len(set(keys)) != len(keys):
@@ -180,7 +177,7 @@ class ConditionalWriter:
     def _versioning(self) -> bool:
         return self.config.registry.enable_online_feature_view_versioning
 
-    def _write_sqlite(self, keys: list[bytes], rows: list[FeastRow], compared: Sequence[str],
+    def _write_sqlite(self, keys: list[bytes], rows: Sequence[FeastRow], compared: Sequence[str],
                       accept: Accept) -> list[int]:
         table = _quote_id(compute_table_id(self.config.project, self.view, self._versioning))
         path = SqliteOnlineStore._get_db_path(self.config)
@@ -210,7 +207,7 @@ class ConditionalWriter:
                 "event_ts = excluded.event_ts, created_ts = excluded.created_ts", upserts)
         return written
 
-    def _write_redis(self, rows: list[FeastRow], compared: Sequence[str], accept: Accept) -> list[int]:
+    def _write_redis(self, rows: Sequence[FeastRow], compared: Sequence[str], accept: Accept) -> list[int]:
         client = self._redis_client()
         view = compute_versioned_name(self.view, self._versioning)
         keys = [_redis_key(self.config.project, row[0], entity_key_serialization_version=self._key_version)

@@ -19,15 +19,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import orjson
-import pandas as pd
 from feast import FeatureStore
 from feast.online_response import OnlineResponse
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import FloatList
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
-from limaml.featurestore.conditional_write import ConditionalWriter
+from limaml.featurestore.conditional_write import ConditionalWriter, FeastRow
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ JOIN_KEY = "member_id"
 FEATURES = ("meta_embedding", "model_version", "seq", "support_size", "newest_event_ts", "adapted_at",
             "newest_produced_at")
 ORDER_FEATURES = ("model_version", "seq")  # what decides whether an embedding replaces another
+EPOCH = datetime(1970, 1, 1)  # naive UTC, as Feast converts event times
 
 
 @dataclass(frozen=True)
@@ -141,8 +145,8 @@ class EmbeddingWriter:
             return stored is None or replaces(candidates[index], stored["model_version"], stored["seq"],
                                               active)
 
-        fresh = [candidates[index] for index in self._rows.write_where(_frame(candidates), ORDER_FEATURES,
-                                                                       accept)]
+        fresh = [candidates[index] for index in self._rows.write_where(
+            [online_row(embedding) for embedding in candidates], ORDER_FEATURES, accept)]
         if len(fresh) < len(embeddings):
             logger.debug("wrote %d of %d embeddings; the rest are superseded", len(fresh), len(embeddings))
         return fresh
@@ -182,15 +186,19 @@ def _online(store: FeatureStore, features: Sequence[str], member_ids: list[str])
     )
 
 
-def _frame(embeddings: list[MemberEmbedding]) -> pd.DataFrame:
-    return pd.DataFrame({
-        JOIN_KEY: [e.member_id for e in embeddings],
-        "meta_embedding": [e.vector.astype(np.float32) for e in embeddings],
-        "model_version": [e.model_version for e in embeddings],
-        "seq": np.array([e.seq for e in embeddings], dtype=np.int64),
-        "support_size": np.array([e.support_size for e in embeddings], dtype=np.int64),
-        "newest_event_ts": np.array([e.newest_event_ts for e in embeddings], dtype=np.int64),
-        "adapted_at": np.array([e.adapted_at for e in embeddings], dtype=np.int64),
-        "newest_produced_at": np.array([e.newest_produced_at for e in embeddings], dtype=np.int64),
-        "event_timestamp": pd.to_datetime([e.adapted_at for e in embeddings], unit="ms", utc=True),
-    })
+def online_row(embedding: MemberEmbedding) -> FeastRow:
+    """The embedding as Feast's online row of `VIEW`: what Feast's push converts the embedding's
+    frame row to (`_convert_arrow_to_proto`), built directly, since that conversion was most of
+    an adaptation batch's write (tests/test_featurestore.py checks the two are equal)."""
+    return (
+        EntityKeyProto(join_keys=[JOIN_KEY], entity_values=[ValueProto(string_val=embedding.member_id)]),
+        {"meta_embedding": ValueProto(float_list_val=FloatList(val=embedding.vector.tolist())),
+         "model_version": ValueProto(string_val=embedding.model_version),
+         "seq": ValueProto(int64_val=embedding.seq),
+         "support_size": ValueProto(int64_val=embedding.support_size),
+         "newest_event_ts": ValueProto(int64_val=embedding.newest_event_ts),
+         "adapted_at": ValueProto(int64_val=embedding.adapted_at),
+         "newest_produced_at": ValueProto(int64_val=embedding.newest_produced_at)},
+        EPOCH + timedelta(milliseconds=embedding.adapted_at),  # the view's event time
+        None,  # the view has no created timestamp
+    )

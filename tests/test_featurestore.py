@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import redis
 from certificates import make_certificates
 from conftest import require_component
 from feast import FeatureStore
+from feast.utils import _convert_arrow_to_proto
 
 from limaml.adapters.registry import load_dataset
 from limaml.data import InteractionLog
@@ -109,6 +111,22 @@ def test_round_trip_and_cold_members(store: FeatureStore) -> None:
         np.testing.assert_array_equal(decoded.vector, expected.vector)
         assert decoded.vector.dtype == np.float32
         assert replace(decoded, vector=expected.vector) == expected
+
+
+def test_an_embeddings_online_row_is_what_feasts_push_makes_of_it(tmp_path: Path) -> None:
+    store = open_feature_store(FeatureStoreConfig(repo_dir=tmp_path / "feast"))
+    view = store.get_feature_view(embeddings.VIEW)
+    written = [embedding("m1", seq=3), embedding("m2", seq=40, model_version="v2", adapted_at=NOW_MS + 1)]
+    frame = pd.DataFrame({  # the frame a push of these embeddings takes
+        embeddings.JOIN_KEY: [e.member_id for e in written],
+        "meta_embedding": [e.vector for e in written],
+        **{name: [getattr(e, name) for e in written] for name in embeddings.FEATURES[1:]},
+        "event_timestamp": pd.to_datetime([e.adapted_at for e in written], unit="ms", utc=True),
+    })
+    join_keys = {column.name: column.dtype.to_value_type() for column in view.entity_columns}
+    pushed = _convert_arrow_to_proto(pa.Table.from_pandas(frame), view, join_keys)
+    assert [field.name for field in view.features] == list(embeddings.FEATURES)
+    assert [embeddings.online_row(e) for e in written] == pushed
 
 
 def test_an_older_or_equal_seq_never_replaces_a_newer_one(store: FeatureStore) -> None:
