@@ -66,6 +66,17 @@ class AdaptRequest(faust.Record, serializer="json", include_metadata=False):
     erasure_id: str = ""  # with reason ERASE: the erasure request's id (no support then)
 
 
+def request_json(member_id: str, state: SupportSet, reason: str, requested_at: float) -> bytes:
+    """The bytes of the `AdaptRequest` record of a support-set snapshot, without building the
+    record (the stream worker sends one per due member: Faust's record and send path took 7 %
+    of its time at 5,000 events/s)."""
+    return orjson.dumps({"member_id": member_id, "seq": state.seq, "item_ids": state.item_ids,
+                         "labels": state.labels, "contexts": state.contexts,
+                         "newest_event_ts": state.newest_event_ts,
+                         "newest_produced_at": state.newest_produced_at, "reason": reason,
+                         "requested_at": requested_at, "erasure_id": ""})
+
+
 ERASE = "erase"
 """The reason of an AdaptRequest that forwards an erasure: the adaptation worker deletes the
 member's online rows instead of adapting. It travels on adapt-requests, keyed by the member,

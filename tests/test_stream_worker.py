@@ -68,7 +68,8 @@ def stream_test(tmp_path: Path, **settings: float) -> StreamTest:
     app = create_stream_app(KafkaConfig(partitions=PARTITIONS), config, store="memory://")
     test = StreamTest(app)
 
-    def produce(topic: str, key: bytes | str, value: bytes | None, partition: int | None, *args: object) -> None:
+    def produce(topic: str, key: bytes | str, value: bytes | None, partition: int | None = None,
+                *args: object) -> None:
         key = key.decode() if isinstance(key, bytes) else key
         test.sent.append(Sent(topic, json.loads(key) if key.startswith('"') else key, partition,
                               None if value is None else json.loads(value)))
@@ -78,7 +79,7 @@ def stream_test(tmp_path: Path, **settings: float) -> StreamTest:
         produce(message.channel.get_topic_name(), message.key, message.value, message.partition)
 
     app.producer.send_soon = record
-    app.producer.produce = produce  # table writes (`librdkafka_producer.ChangelogTable`)
+    app.producer.produce = produce  # table writes (`librdkafka_producer.ChangelogTable`), requests
     return test
 
 
