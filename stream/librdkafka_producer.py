@@ -84,6 +84,10 @@ class LibrdkafkaProducer(faust_aiokafka.Producer):
             "message.max.bytes": self.max_request_size,
             "message.timeout.ms": int(self.request_timeout * 1000),
             "queue.buffering.max.messages": MAX_QUEUED * 10,
+            # A missing topic is an error, never auto-created with the broker's defaults (its
+            # partition count would break key partitioning; `limaml.stream.topics`). With it, a
+            # dead letter retried while its topic was missing created that topic.
+            "allow.auto.create.topics": False,
             "error_cb": self._on_client_error,
         })
 
