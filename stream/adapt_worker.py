@@ -53,6 +53,18 @@ from limaml.stream.topics import KafkaConfig
 log = logging.getLogger(__name__)
 
 
+def decoded_requests(records: list[bytes]) -> list[AdaptRequest]:
+    """The requests of a batch's records; a record that is not one is logged and skipped (as
+    Faust skips a record its topic's type cannot decode)."""
+    requests = []
+    for raw in records:
+        try:
+            requests.append(AdaptRequest.loads(raw))
+        except (ValueError, TypeError) as error:
+            log.error("an adapt request that is not one was skipped (%s): %r", error, raw[:200])
+    return requests
+
+
 def newest_requests(requests: list[AdaptRequest]) -> list[AdaptRequest]:
     """One request per member, the one with the highest seq (a batch may hold several)."""
     newest: dict[str, AdaptRequest] = {}
@@ -156,7 +168,7 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
     async def adapt(stream: faust.StreamT) -> None:
         async for batch in take_growing(stream, BatchLimit(config.batch_size, config.max_batch), config.max_wait_s):
             started = time.time()
-            erasures, survivors = split_erasures(list(batch))
+            erasures, survivors = split_erasures(decoded_requests(batch))
             if erasures:
                 await erase(erasures)
             if survivors:

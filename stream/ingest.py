@@ -36,8 +36,7 @@ adapt-requests, after any adapt request already sent for the member; they delete
 
 Every read-update-write of a support set is synchronous (no `await` between the read and
 the write), and every record that follows from it (adapt requests, forwarded erasures) is
-produced at once, in order (`LibrdkafkaProducer.produce`, built as bytes by
-`records.request_json`): an answer, the timer or an erasure of the same member cannot
+produced at once, in order (`LibrdkafkaProducer.produce`): an answer, the timer or an erasure of the same member cannot
 interleave with the step, and an erasure is forwarded after every adapt request the worker
 produced for the member before.
 """
@@ -70,8 +69,8 @@ from limaml.stream.faust_client import (create_faust_app, drain_changelog_writes
 from limaml.stream.metrics import StreamMetrics
 from limaml.stream.policy import (Example, TriggerPolicy, apply_events, due_reason,
                                   empty_support_set, mark_answered, mark_requested, next_check)
-from limaml.stream.records import (AdaptAnswer, ErasureRequest, RefreshRequest, SupportSet, erasure_of,
-                                   request_json)
+from limaml.stream.records import (AdaptAnswer, AdaptRequest, ErasureRequest, RefreshRequest, SupportSet,
+                                   erasure_of)
 from limaml.stream.source_offsets import decode_offset, encode_offset, is_member_key, offset_key
 from limaml.stream.topology import Tables, Topics, declare_tables, declare_topics
 from limaml.stream.web_auth import web_application_options
@@ -137,8 +136,10 @@ class StreamWorker:
 
     def request(self, member_id: str, state: SupportSet, reason: str, now: float) -> None:
         """Produce an adapt request for `state`."""
-        self.app.producer.produce(self.requests_topic, member_id.encode(),
-                                  request_json(member_id, state, reason, now))
+        self.app.producer.produce(self.requests_topic, member_id.encode(), AdaptRequest(
+            member_id=member_id, seq=state.seq, item_ids=state.item_ids, labels=state.labels,
+            contexts=state.contexts, newest_event_ts=state.newest_event_ts,
+            newest_produced_at=state.newest_produced_at, reason=reason, requested_at=now).dumps())
         self.metrics.requests.labels(reason).inc()
 
     def request_if_due(self, member_id: str, state: SupportSet, now: float) -> SupportSet:
@@ -278,7 +279,7 @@ class StreamWorker:
             del self.support_sets[member_id]
         self.check_times.set(member_id, None)
         self.app.producer.produce(self.requests_topic, member_id.encode(), erasure_of(
-            member_id, request.request_id, request.requested_at).dumps(serializer="json"))
+            member_id, request.request_id, request.requested_at).dumps())
         self.metrics.erasures.inc()
 
     async def on_recover(self) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import faust
 
-from limaml.stream.records import AdaptAnswer, AdaptRequest, ErasureAnswer, ErasureRequest, RefreshRequest
+from limaml.stream.records import AdaptAnswer, ErasureAnswer, ErasureRequest, RefreshRequest
 from limaml.stream.topics import KafkaConfig, TopicNames
 
 MB = 1024 * 1024
@@ -31,7 +31,7 @@ changelog records after 3 minutes; the restore read them all (26 s on a loaded m
 class Topics:
     interactions: faust.TopicT  # raw event bytes (validated by the stream worker)
     dead_letters: faust.TopicT  # raw `DeadLetter` JSON
-    adapt_requests: faust.TopicT  # AdaptRequest: stream -> adapt (also erasures, reason ERASE)
+    adapt_requests: faust.TopicT  # raw `AdaptRequest.dumps()`: stream -> adapt (also erasures, reason ERASE)
     adapt_answers: faust.TopicT  # AdaptAnswer: adapt -> stream
     refresh_requests: faust.TopicT  # RefreshRequest: scoring service or adapt (backfill) -> stream
     erasure_requests: faust.TopicT  # ErasureRequest: `limaml forget` -> stream
@@ -50,7 +50,7 @@ def declare_topics(app: faust.App, kafka: KafkaConfig) -> Topics:
     return Topics(
         interactions=app.topic(names.interactions, **raw),
         dead_letters=app.topic(names.dead_letters, **raw),
-        adapt_requests=keyed(names.adapt_requests, AdaptRequest),
+        adapt_requests=app.topic(names.adapt_requests, **raw),
         adapt_answers=keyed(names.adapt_answers, AdaptAnswer),
         refresh_requests=keyed(names.refresh_requests, RefreshRequest),
         erasure_requests=keyed(names.erasure_requests, ErasureRequest),
