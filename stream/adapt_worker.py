@@ -45,7 +45,7 @@ from limaml.stream.batching import BatchLimit, take_growing
 from limaml.stream.config import AdaptConfig
 from limaml.stream.faust_client import create_faust_app
 from limaml.stream.metrics import AdaptMetrics
-from limaml.stream.records import ERASE, AdaptRequest, ErasureAnswer, RefreshRequest, answer_json
+from limaml.stream.records import ERASE, AdaptAnswer, AdaptRequest, ErasureAnswer, RefreshRequest
 from limaml.stream.topology import declare_topics
 from limaml.stream.web_auth import web_application_options
 from limaml.stream.topics import KafkaConfig
@@ -192,8 +192,8 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
             metrics.freshness.observe(done - embedding.newest_produced_at / 1000)
         written_members = {e.member_id for e in written}
         for request in requests:
-            app.producer.produce(answers_name, request.member_id.encode(), answer_json(
-                request.member_id, request.seq, request.member_id in written_members))
+            app.producer.produce(answers_name, request.member_id.encode(), AdaptAnswer(
+                request.member_id, request.seq, request.member_id in written_members).dumps())
         metrics.stage_seconds.labels("publish").observe(time.perf_counter() - publishing)
         metrics.embeddings.inc(len(written))
         metrics.skipped.inc(superseded)

@@ -234,6 +234,18 @@ class StreamWorker:
             observe(now - example.produced_at)
         self.store(member_id, self.request_if_due(member_id, state, now))
 
+    def answered_all(self, events: Sequence[EventT]) -> None:
+        """The answers waiting: each settles its member's request, under its own event (an
+        answer's partition is its member's). One that is not an answer is logged and skipped."""
+        for event in events:
+            try:
+                answer = AdaptAnswer.loads(event.message.value)
+            except (ValueError, TypeError) as error:
+                log.error("an adapt answer that is not one was skipped (%s): %r", error, event.message.value[:200])
+                continue
+            with acting_for(event):
+                self.answered(answer)
+
     def answered(self, answer: AdaptAnswer) -> None:
         state = self.read(answer.member_id)
         updated = mark_answered(state, answer.seq) if state is not None else None
@@ -355,8 +367,8 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
 
     @app.agent(topics.adapt_answers)
     async def answered(stream: faust.StreamT) -> None:
-        async for answer in stream:
-            worker.answered(answer)
+        async for events in event_batches(stream, config.batch_max_events, 0.0):
+            worker.answered_all(events)
 
     @app.agent(topics.refresh_requests)
     async def refresh(stream: faust.StreamT) -> None:

@@ -93,18 +93,22 @@ def erasure_of(member_id: str, erasure_id: str, requested_at: float) -> AdaptReq
                         requested_at=requested_at, erasure_id=erasure_id)
 
 
-class AdaptAnswer(faust.Record, serializer="json", include_metadata=False):
-    """Topic `limaml.adapt-answers`: an adapt request was served."""
+@dataclasses.dataclass(slots=True, frozen=True)
+class AdaptAnswer:
+    """Topic `limaml.adapt-answers`: an adapt request was served. Orjson bytes, as
+    `AdaptRequest` (one per request both ways); the JSON the Faust record it replaced wrote."""
 
     member_id: str
     seq: int  # the request's seq
     written: bool  # False: a stored embedding was as new already (nothing was written)
 
+    def dumps(self) -> bytes:
+        return orjson.dumps(self)
 
-def answer_json(member_id: str, seq: int, written: bool) -> bytes:
-    """The `AdaptAnswer` record's bytes, without building the record (the adaptation worker
-    sends one per request)."""
-    return orjson.dumps({"member_id": member_id, "seq": seq, "written": written})
+    @classmethod
+    def loads(cls, raw: bytes) -> "AdaptAnswer":
+        """Raises ValueError (orjson's JSONDecodeError) or TypeError for bytes that are not one."""
+        return cls(**orjson.loads(raw))
 
 
 class RefreshRequest(faust.Record, serializer="json", include_metadata=False):

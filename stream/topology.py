@@ -14,7 +14,7 @@ from typing import Any
 
 import faust
 
-from limaml.stream.records import AdaptAnswer, ErasureAnswer, ErasureRequest, RefreshRequest
+from limaml.stream.records import ErasureAnswer, ErasureRequest, RefreshRequest
 from limaml.stream.topics import KafkaConfig, TopicNames
 
 MB = 1024 * 1024
@@ -32,7 +32,7 @@ class Topics:
     interactions: faust.TopicT  # raw event bytes (validated by the stream worker)
     dead_letters: faust.TopicT  # raw `DeadLetter` JSON
     adapt_requests: faust.TopicT  # raw `AdaptRequest.dumps()`: stream -> adapt (also erasures, reason ERASE)
-    adapt_answers: faust.TopicT  # AdaptAnswer: adapt -> stream
+    adapt_answers: faust.TopicT  # raw `AdaptAnswer.dumps()`: adapt -> stream
     refresh_requests: faust.TopicT  # RefreshRequest: scoring service or adapt (backfill) -> stream
     erasure_requests: faust.TopicT  # ErasureRequest: `limaml forget` -> stream
     erasure_answers: faust.TopicT  # ErasureAnswer: adapt -> `limaml forget`
@@ -51,7 +51,7 @@ def declare_topics(app: faust.App, kafka: KafkaConfig) -> Topics:
         interactions=app.topic(names.interactions, **raw),
         dead_letters=app.topic(names.dead_letters, **raw),
         adapt_requests=app.topic(names.adapt_requests, **raw),
-        adapt_answers=keyed(names.adapt_answers, AdaptAnswer),
+        adapt_answers=app.topic(names.adapt_answers, **raw),
         refresh_requests=keyed(names.refresh_requests, RefreshRequest),
         erasure_requests=keyed(names.erasure_requests, ErasureRequest),
         erasure_answers=keyed(names.erasure_answers, ErasureAnswer),

@@ -185,7 +185,8 @@ async def test_an_answer_settles_the_request_and_an_erasure_follows_the_members_
         await until(lambda: stream.resume_offsets().get(partition) == 3)
     assert [r.value["seq"] for r in stream.requests()] == [3]
     async with stream.agent("answered").test_context() as agent:
-        await agent.put(AdaptAnswer(member_id="m1", seq=3, written=True), key="m1", partition=partition)
+        await agent.put(b"not an answer", key=b"m1", partition=partition)
+        await agent.put(AdaptAnswer(member_id="m1", seq=3, written=True).dumps(), key=b"m1", partition=partition)
         await until(lambda: stream.changelog()[-1].value["answered_seq"] == 3)
     settled = stream.changelog()[-1]
     assert (settled.partition, settled.value["requested_seq"], settled.value["answered_seq"]) == (partition, -1, 3)
