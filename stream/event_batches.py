@@ -45,10 +45,14 @@ async def event_batches(stream: faust.StreamT, max_events: int,
     processors = stream._processors
     started = await stream.maybe_start()
     try:
-        while not stream.should_stop:
+        closed = False  # the channel was closed: its queue raises StopAsyncIteration (the agent stops)
+        while not stream.should_stop and not closed:
             batch: list[EventT] = []
             skipped: list[EventT] = []
-            event = await take_next()
+            try:
+                event = await take_next()
+            except StopAsyncIteration:
+                return
             deadline = time.monotonic() + within_s
             while True:
                 if _take(stream, event, batch, skipped):
@@ -65,6 +69,9 @@ async def event_batches(stream: faust.StreamT, max_events: int,
                 try:
                     event = await asyncio.wait_for(take_next(), remaining)
                 except TimeoutError:
+                    break
+                except StopAsyncIteration:
+                    closed = True
                     break
             _ack(stream, skipped)
             if batch:

@@ -63,3 +63,28 @@ async def test_an_event_of_an_earlier_consumer_generation_is_acked_and_left_out(
         assert stale.message.acked and not current.message.acked
     finally:
         await batches.aclose()
+
+
+async def test_the_batches_end_when_the_channel_is_closed_the_last_one_handed_over_first(
+        app: faust.App) -> None:
+    """A stopping agent's channel throws StopAsyncIteration into its queue: waiting for the first
+    event of a batch or for more of one, the batches end, not with a RuntimeError (the agent
+    crashed and was restarted while its worker stopped, which then never exited)."""
+    channel = app.channel()
+    stream = channel.stream()
+    event = await put(channel, 0, app.consumer_generation_id)
+    batches = event_batches(stream, max_events=10, within_s=30.0)
+    waiting = asyncio.ensure_future(anext(batches))
+    await asyncio.sleep(0.05)  # the event is taken, the batch waits for more
+    stream.channel._throw(StopAsyncIteration())  # as Faust's actor does when its agent stops
+    assert await asyncio.wait_for(waiting, 10) == [event]
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(anext(batches), 10)
+
+    stream = app.channel().stream()
+    batches = event_batches(stream, max_events=10, within_s=30.0)
+    waiting = asyncio.ensure_future(anext(batches))
+    await asyncio.sleep(0.05)  # waiting for a first event
+    stream.channel._throw(StopAsyncIteration())
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(waiting, 10)
