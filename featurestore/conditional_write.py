@@ -3,9 +3,9 @@ holds for its entity passes, and the read, the test and the write are one atomic
 own writes are not: SQLite overwrites, and Redis compares event times after a separate read,
 so of two racing writers the later write wins whatever its content.
 
-Rows come as Feast's online rows (what `FeatureStore.push` converts a frame to, with
-`_convert_arrow_to_proto`) and are stored in Feast's layout (feast 0.67), so
-`get_online_features` reads them unchanged:
+Rows come encoded as Feast encodes its online rows (`encoded_row` of what `FeatureStore.push`
+converts a frame to, with `_convert_arrow_to_proto`) and are stored in Feast's layout (feast
+0.67), so `get_online_features` reads them unchanged:
 
 - SQLite: table `{project}_{view}` in the store's file, one row per (entity_key, feature_name):
   entity_key the serialized entity key, value the serialized ValueProto, value_text its text,
@@ -32,6 +32,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import closing
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -58,6 +59,29 @@ from redis import Redis, WatchError
 # -> whether row i may replace it.
 Accept = Callable[[int, dict[str, Any] | None], bool]
 FeastRow = tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]
+"""An online row as Feast converts a pushed frame's row (`_convert_arrow_to_proto`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedRow:
+    """An entity's online row with its values encoded as the stores keep them: what a write
+    needs, without a `ValueProto` object per value (building one cost an adaptation batch
+    more than the rest of its row's write)."""
+
+    entity_key: EntityKeyProto
+    values: dict[str, bytes]  # feature -> serialized ValueProto
+    texts: dict[str, str]  # feature -> SQLite's value_text, for the values that have one
+    event_time: datetime
+    created: datetime | None = None
+
+
+def encoded_row(row: FeastRow) -> EncodedRow:
+    """A row Feast converted, encoded as the stores keep it."""
+    entity_key, values, event_time, created = row
+    texts = {feature: text for feature, value in values.items()
+             if (text := extract_text_and_num(value, False)[0]) is not None}
+    return EncodedRow(entity_key, {feature: value.SerializeToString() for feature, value in values.items()},
+                      texts, event_time, created)
 SQLITE_LOCK_TIMEOUT_S = 30.0  # how long a writer waits for another's transaction
 
 
@@ -152,10 +176,10 @@ class ConditionalWriter:
                         found[value][name][feature] = _decode(stored)
         return found
 
-    def write_where(self, rows: Sequence[FeastRow], compared: Sequence[str], accept: Accept) -> list[int]:
+    def write_where(self, rows: Sequence[EncodedRow], compared: Sequence[str], accept: Accept) -> list[int]:
         """Write each row (one per entity, every feature of the view) whose entity's stored
         `compared` features `accept` allows; returns the indexes of the rows written."""
-        keys = [serialize_entity_key(row[0], entity_key_serialization_version=self._key_version)
+        keys = [serialize_entity_key(row.entity_key, entity_key_serialization_version=self._key_version)
                 for row in rows]
         if len(set(keys)) != len(keys):
             raise ValueError(f"{self.view.name}: a conditional write takes one row per entity")
@@ -177,7 +201,7 @@ class ConditionalWriter:
     def _versioning(self) -> bool:
         return self.config.registry.enable_online_feature_view_versioning
 
-    def _write_sqlite(self, keys: list[bytes], rows: Sequence[FeastRow], compared: Sequence[str],
+    def _write_sqlite(self, keys: list[bytes], rows: Sequence[EncodedRow], compared: Sequence[str],
                       accept: Accept) -> list[int]:
         table = _quote_id(compute_table_id(self.config.project, self.view, self._versioning))
         path = SqliteOnlineStore._get_db_path(self.config)
@@ -195,11 +219,10 @@ class ConditionalWriter:
                        if accept(index, _complete(stored.get(key), compared))]
             upserts = []
             for index in written:
-                _, values, event_time, created = rows[index]
-                times = (to_naive_utc(event_time), None if created is None else to_naive_utc(created))
-                upserts += [(keys[index], feature, value.SerializeToString(),
-                             extract_text_and_num(value, False)[0], *times)
-                            for feature, value in values.items()]
+                row = rows[index]
+                times = (to_naive_utc(row.event_time), None if row.created is None else to_naive_utc(row.created))
+                upserts += [(keys[index], feature, value, row.texts.get(feature), *times)
+                            for feature, value in row.values.items()]
             db.executemany(
                 f"INSERT INTO {table} (entity_key, feature_name, value, value_text, event_ts, created_ts) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(entity_key, feature_name) DO UPDATE SET "
@@ -207,11 +230,11 @@ class ConditionalWriter:
                 "event_ts = excluded.event_ts, created_ts = excluded.created_ts", upserts)
         return written
 
-    def _write_redis(self, rows: Sequence[FeastRow], compared: Sequence[str], accept: Accept) -> list[int]:
+    def _write_redis(self, rows: Sequence[EncodedRow], compared: Sequence[str], accept: Accept) -> list[int]:
         client = self._redis_client()
         view = compute_versioned_name(self.view, self._versioning)
-        keys = [_redis_key(self.config.project, row[0], entity_key_serialization_version=self._key_version)
-                for row in rows]
+        keys = [_redis_key(self.config.project, row.entity_key,
+                           entity_key_serialization_version=self._key_version) for row in rows]
         fields = [_mmh3(f"{view}:{feature}") for feature in compared]
         ttl = self.config.online_store.key_ttl_seconds
         with client.pipeline(transaction=True) as transaction:
@@ -228,13 +251,12 @@ class ConditionalWriter:
                                if accept(index, _complete(_decode_fields(compared, reply), compared))]
                     transaction.multi()
                     for index in written:
-                        _, values, event_time, _ = rows[index]
+                        row = rows[index]
                         stamp = Timestamp()
-                        stamp.FromDatetime(make_tzaware(event_time))
+                        stamp.FromDatetime(make_tzaware(row.event_time))
                         transaction.hset(keys[index], mapping={
                             f"_ts:{view}": stamp.SerializeToString(),
-                            **{_mmh3(f"{view}:{feature}"): value.SerializeToString()
-                               for feature, value in values.items()}})
+                            **{_mmh3(f"{view}:{feature}"): value for feature, value in row.values.items()}})
                         if ttl:
                             transaction.expire(keys[index], ttl)
                     transaction.execute()

@@ -27,10 +27,9 @@ import orjson
 from feast import FeatureStore
 from feast.online_response import OnlineResponse
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.protos.feast.types.Value_pb2 import FloatList
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
-from limaml.featurestore.conditional_write import ConditionalWriter, FeastRow
+from limaml.featurestore.conditional_write import ConditionalWriter, EncodedRow
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +39,7 @@ JOIN_KEY = "member_id"
 FEATURES = ("meta_embedding", "model_version", "seq", "support_size", "newest_event_ts", "adapted_at",
             "newest_produced_at")
 ORDER_FEATURES = ("model_version", "seq")  # what decides whether an embedding replaces another
+INT64_FEATURES = FEATURES[2:]  # seq .. newest_produced_at
 EPOCH = datetime(1970, 1, 1)  # naive UTC, as Feast converts event times
 
 
@@ -186,19 +186,23 @@ def _online(store: FeatureStore, features: Sequence[str], member_ids: list[str])
     )
 
 
-def online_row(embedding: MemberEmbedding) -> FeastRow:
-    """The embedding as Feast's online row of `VIEW`: what Feast's push converts the embedding's
-    frame row to (`_convert_arrow_to_proto`), built directly, since that conversion was most of
-    an adaptation batch's write (tests/test_featurestore.py checks the two are equal)."""
-    return (
+def online_row(embedding: MemberEmbedding) -> EncodedRow:
+    """The embedding as the online row of `VIEW` Feast's push would write: the encoding of what
+    it converts the embedding's frame row to (`_convert_arrow_to_proto`), built directly, with
+    one `ValueProto` per kind of value rather than per value; that conversion, and then the
+    objects, were most of an adaptation batch's write (tests/test_featurestore.py checks the
+    rows are equal)."""
+    vector, text, number = ValueProto(), ValueProto(), ValueProto()
+    vector.float_list_val.val.extend(embedding.vector.tolist())
+    text.string_val = embedding.model_version
+    values = {"meta_embedding": vector.SerializeToString(), "model_version": text.SerializeToString()}
+    for name in INT64_FEATURES:
+        number.int64_val = getattr(embedding, name)
+        values[name] = number.SerializeToString()
+    return EncodedRow(
         EntityKeyProto(join_keys=[JOIN_KEY], entity_values=[ValueProto(string_val=embedding.member_id)]),
-        {"meta_embedding": ValueProto(float_list_val=FloatList(val=embedding.vector.tolist())),
-         "model_version": ValueProto(string_val=embedding.model_version),
-         "seq": ValueProto(int64_val=embedding.seq),
-         "support_size": ValueProto(int64_val=embedding.support_size),
-         "newest_event_ts": ValueProto(int64_val=embedding.newest_event_ts),
-         "adapted_at": ValueProto(int64_val=embedding.adapted_at),
-         "newest_produced_at": ValueProto(int64_val=embedding.newest_produced_at)},
+        values,
+        {"model_version": embedding.model_version,  # SQLite's value_text: a string, an integer's digits
+         **{name: str(getattr(embedding, name)) for name in INT64_FEATURES}},
         EPOCH + timedelta(milliseconds=embedding.adapted_at),  # the view's event time
-        None,  # the view has no created timestamp
     )

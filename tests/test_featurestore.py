@@ -26,6 +26,7 @@ from feast.utils import _convert_arrow_to_proto
 from limaml.adapters.registry import load_dataset
 from limaml.data import InteractionLog
 from limaml.featurestore import embeddings, profiles
+from limaml.featurestore.conditional_write import encoded_row
 from limaml.featurestore.embeddings import EmbeddingReader, EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import read_member_profiles, write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
@@ -126,7 +127,7 @@ def test_an_embeddings_online_row_is_what_feasts_push_makes_of_it(tmp_path: Path
     join_keys = {column.name: column.dtype.to_value_type() for column in view.entity_columns}
     pushed = _convert_arrow_to_proto(pa.Table.from_pandas(frame), view, join_keys)
     assert [field.name for field in view.features] == list(embeddings.FEATURES)
-    assert [embeddings.online_row(e) for e in written] == pushed
+    assert [embeddings.online_row(e) for e in written] == [encoded_row(row) for row in pushed]
 
 
 def test_an_older_or_equal_seq_never_replaces_a_newer_one(store: FeatureStore) -> None:
