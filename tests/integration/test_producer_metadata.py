@@ -1,11 +1,15 @@
 """The Faust apps' producer against a real broker: a write waiting in it is sent even when
-a write to another topic has its client refresh the metadata meanwhile."""
+a write to another topic has its client refresh the metadata meanwhile; a write to a missing
+topic fails without creating it."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 from limaml.stream.faust_client import create_faust_app
 from limaml.stream.topics import KafkaConfig
@@ -35,3 +39,22 @@ async def test_a_write_to_a_topic_known_from_the_start_is_sent_after_a_new_topic
         assert [metadata.topic for metadata in await asyncio.gather(*written)] == [known, new]
     finally:
         await asyncio.wait_for(producer.stop(), 20)  # its flush waited for good too
+
+
+@pytest.mark.asyncio
+async def test_a_write_to_a_missing_topic_fails_and_creates_no_topic(kafka_bootstrap: str) -> None:
+    """The test broker auto-creates topics (`auto.create.topics.enable`, as Kafka's default);
+    the apps' producer must not have it do so: a topic created with the broker's defaults has
+    the wrong partition count for key partitioning (a retried dead letter created its topic)."""
+    missing = f"missing.{uuid.uuid4().hex[:12]}"
+    app = create_faust_app(KafkaConfig(bootstrap=kafka_bootstrap, topic_prefix=missing), "producer")
+    producer = app.producer
+    await producer.start()
+    try:
+        written = await producer.send(missing, b"k", b"v", None, None, None)
+        with pytest.raises(KafkaException, match="UNKNOWN_TOPIC"):
+            await asyncio.wait_for(written, 90)  # librdkafka gives up on the topic after 30 s
+    finally:
+        await asyncio.wait_for(producer.stop(), 20)
+    topics = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10).topics
+    assert missing not in topics
