@@ -60,6 +60,7 @@ from redis import Redis, WatchError
 Accept = Callable[[int, dict[str, Any] | None], bool]
 FeastRow = tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]
 """An online row as Feast converts a pushed frame's row (`_convert_arrow_to_proto`)."""
+SQLITE_LOCK_TIMEOUT_S = 30.0  # how long a writer waits for another's transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,6 @@ def encoded_row(row: FeastRow) -> EncodedRow:
              if (text := extract_text_and_num(value, False)[0]) is not None}
     return EncodedRow(entity_key, {feature: value.SerializeToString() for feature, value in values.items()},
                       texts, event_time, created)
-SQLITE_LOCK_TIMEOUT_S = 30.0  # how long a writer waits for another's transaction
 
 
 def delete_entities(store: FeatureStore, join_key: str, values: Sequence[str]) -> None:
@@ -220,7 +220,8 @@ class ConditionalWriter:
             upserts = []
             for index in written:
                 row = rows[index]
-                times = (to_naive_utc(row.event_time), None if row.created is None else to_naive_utc(row.created))
+                created = None if row.created is None else to_naive_utc(row.created)
+                times = (to_naive_utc(row.event_time), created)
                 upserts += [(keys[index], feature, value, row.texts.get(feature), *times)
                             for feature, value in row.values.items()]
             db.executemany(

@@ -14,10 +14,9 @@ member per batch. A batch's events are acked once the batch is processed (its ta
 writes made, its dead letters acknowledged by the broker), and Faust commits only acked offsets,
 after a pre-commit flush that waits until librdkafka has delivered every record produced
 before it, the changelog records and the requests: no offset is committed ahead of what its
-event wrote. Where a worker
-resumes a partition after a rebalance or a restart comes from the table itself, not from
-the commit: a batch ends by writing, after its rows, the partition's resume offset
-(`limaml.stream.source_offsets`).
+event wrote. Where a worker resumes a partition after a rebalance or a restart comes from the
+table itself, not from the commit: a batch ends by writing, after its rows, the partition's
+resume offset (`limaml.stream.source_offsets`).
 
 Tables are only changed for the members of the partitions this worker owns: by the agents,
 and by a timer that finds the members whose check time has come (a new signal waiting too
@@ -36,9 +35,9 @@ adapt-requests, after any adapt request already sent for the member; they delete
 
 Every read-update-write of a support set is synchronous (no `await` between the read and
 the write), and every record that follows from it (adapt requests, forwarded erasures) is
-produced at once, in order (`LibrdkafkaProducer.produce`): an answer, the timer or an erasure of the same member cannot
-interleave with the step, and an erasure is forwarded after every adapt request the worker
-produced for the member before.
+produced at once, in order (`LibrdkafkaProducer.produce`): an answer, the timer or an
+erasure of the same member cannot interleave with the step, and an erasure is forwarded
+after every adapt request the worker produced for the member before.
 """
 
 from __future__ import annotations
@@ -149,14 +148,13 @@ class StreamWorker:
         self.request(member_id, state, reason, now)
         return mark_requested(state, now)
 
-
     # -- agent bodies ------------------------------------------------------------------------
 
     async def ingest(self, events: Sequence[EventT]) -> None:
         """One batch of interaction events: each member's events folded into one
         read-update-write of its support set (the adapt requests this makes due produced with
-        the rows), then the rejected events' dead letters sent, and
-        acknowledged by the broker before this returns (Faust acks the batch after that)."""
+        the rows), then the rejected events' dead letters sent, and acknowledged by the broker
+        before this returns (Faust acks the batch after that)."""
         await self.app.producer.wait_for_room()  # for the batch's changelog records and requests
         now = time.time()
         partitions: dict[int, tuple[EventT, dict[str, list[tuple[Example, int]]]]] = {}
@@ -238,10 +236,11 @@ class StreamWorker:
         """The answers waiting: each settles its member's request, under its own event (an
         answer's partition is its member's). One that is not an answer is logged and skipped."""
         for event in events:
+            raw = event.message.value
             try:
-                answer = AdaptAnswer.loads(event.message.value)
+                answer = AdaptAnswer.loads(raw)
             except (ValueError, TypeError) as error:
-                log.error("an adapt answer that is not one was skipped (%s): %r", error, event.message.value[:200])
+                log.error("an adapt answer that is not one was skipped (%s): %r", error, raw[:200])
                 continue
             with acting_for(event):
                 self.answered(answer)

@@ -1,4 +1,5 @@
-"""Typed records of the stream topics and tables (one Faust Record per boundary).
+"""Typed records of the stream topics and tables, one type per boundary: a Faust Record, or on
+the hot paths (support sets, adapt requests and answers) a plain dataclass as orjson bytes.
 
 Support examples keep the item *ids*, not model indices: indices belong to a model
 version, and the stream workers must keep working unchanged when a new version with
