@@ -196,13 +196,12 @@ def online_row(embedding: MemberEmbedding) -> EncodedRow:
     vector.float_list_val.val.extend(embedding.vector.tolist())
     text.string_val = embedding.model_version
     values = {"meta_embedding": vector.SerializeToString(), "model_version": text.SerializeToString()}
+    texts = {"model_version": embedding.model_version}  # SQLite's value_text: a string, an integer's digits
     for name in INT64_FEATURES:
-        number.int64_val = getattr(embedding, name)
-        values[name] = number.SerializeToString()
+        number.int64_val = value = getattr(embedding, name)
+        values[name], texts[name] = number.SerializeToString(), str(value)
     return EncodedRow(
         EntityKeyProto(join_keys=[JOIN_KEY], entity_values=[ValueProto(string_val=embedding.member_id)]),
-        values,
-        {"model_version": embedding.model_version,  # SQLite's value_text: a string, an integer's digits
-         **{name: str(getattr(embedding, name)) for name in INT64_FEATURES}},
+        values, texts,
         EPOCH + timedelta(milliseconds=embedding.adapted_at),  # the view's event time
     )

@@ -45,7 +45,7 @@ from limaml.stream.batching import BatchLimit, take_growing
 from limaml.stream.config import AdaptConfig
 from limaml.stream.faust_client import create_faust_app
 from limaml.stream.metrics import AdaptMetrics
-from limaml.stream.records import ERASE, AdaptAnswer, AdaptRequest, ErasureAnswer, RefreshRequest
+from limaml.stream.records import ERASE, AdaptAnswer, AdaptRequest, ErasureAnswer, RefreshRequest, loaded_or_skipped
 from limaml.stream.topology import declare_topics
 from limaml.stream.web_auth import web_application_options
 from limaml.stream.topics import KafkaConfig
@@ -56,13 +56,7 @@ log = logging.getLogger(__name__)
 def decoded_requests(records: list[bytes]) -> list[AdaptRequest]:
     """The requests of a batch's records; a record that is not one is logged and skipped (as
     Faust skips a record its topic's type cannot decode)."""
-    requests = []
-    for raw in records:
-        try:
-            requests.append(AdaptRequest.loads(raw))
-        except (ValueError, TypeError) as error:
-            log.error("an adapt request that is not one was skipped (%s): %r", error, raw[:200])
-    return requests
+    return [request for raw in records if (request := loaded_or_skipped(AdaptRequest, raw)) is not None]
 
 
 def newest_requests(requests: list[AdaptRequest]) -> list[AdaptRequest]:

@@ -69,7 +69,7 @@ from limaml.stream.metrics import StreamMetrics
 from limaml.stream.policy import (Example, TriggerPolicy, apply_events, due_reason,
                                   empty_support_set, mark_answered, mark_requested, next_check)
 from limaml.stream.records import (AdaptAnswer, AdaptRequest, ErasureRequest, RefreshRequest, SupportSet,
-                                   erasure_of)
+                                   erasure_of, loaded_or_skipped)
 from limaml.stream.source_offsets import decode_offset, encode_offset, is_member_key, offset_key
 from limaml.stream.topology import Tables, Topics, declare_tables, declare_topics
 from limaml.stream.web_auth import web_application_options
@@ -236,14 +236,10 @@ class StreamWorker:
         """The answers waiting: each settles its member's request, under its own event (an
         answer's partition is its member's). One that is not an answer is logged and skipped."""
         for event in events:
-            raw = event.message.value
-            try:
-                answer = AdaptAnswer.loads(raw)
-            except (ValueError, TypeError) as error:
-                log.error("an adapt answer that is not one was skipped (%s): %r", error, raw[:200])
-                continue
-            with acting_for(event):
-                self.answered(answer)
+            answer = loaded_or_skipped(AdaptAnswer, event.message.value)
+            if answer is not None:
+                with acting_for(event):
+                    self.answered(answer)
 
     def answered(self, answer: AdaptAnswer) -> None:
         state = self.read(answer.member_id)

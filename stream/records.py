@@ -16,14 +16,44 @@ times are kept: they date the embedding and start its freshness clock.
 """
 
 import dataclasses
-from typing import Dict, List  # Faust reads typing generics, not PEP 585 ones
+import logging
+from typing import Dict, List, Self, TypeVar  # Faust reads typing generics, not PEP 585 ones
 
 import faust
 import orjson
 
+log = logging.getLogger(__name__)
+
+
+class OrjsonRecord:
+    """A dataclass written and read as the JSON object of its fields (orjson bytes)."""
+
+    __slots__ = ()
+
+    def dumps(self) -> bytes:
+        return orjson.dumps(self)
+
+    @classmethod
+    def loads(cls, raw: bytes) -> Self:
+        """Raises ValueError (orjson's JSONDecodeError) or TypeError for bytes that are not one."""
+        return cls(**orjson.loads(raw))
+
+
+Record = TypeVar("Record", bound=OrjsonRecord)
+
+
+def loaded_or_skipped(record_type: type[Record], raw: bytes) -> Record | None:
+    """The record `raw` holds, or None, logged, for bytes that are not one (as Faust skips a
+    record its topic's type cannot decode)."""
+    try:
+        return record_type.loads(raw)
+    except (ValueError, TypeError) as error:
+        log.error("a %s that is not one was skipped (%s): %r", record_type.__name__, error, raw[:200])
+        return None
+
 
 @dataclasses.dataclass(slots=True)
-class SupportSet:
+class SupportSet(OrjsonRecord):
     """Table `support-sets`: member_id -> the member's recent history and request state.
     Never changed in place: the policy's functions return new states."""
 
@@ -44,16 +74,9 @@ class SupportSet:
     def derive(self, **changes: object) -> "SupportSet":
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
-    def dumps(self) -> bytes:
-        return orjson.dumps(self)
-
-    @classmethod
-    def loads(cls, raw: bytes) -> "SupportSet":
-        return cls(**orjson.loads(raw))
-
 
 @dataclasses.dataclass(slots=True, frozen=True)
-class AdaptRequest:
+class AdaptRequest(OrjsonRecord):
     """Topic `limaml.adapt-requests`: a support-set snapshot to adapt.
 
     A plain dataclass written and read as orjson bytes, as `SupportSet` is, not a Faust record:
@@ -72,14 +95,6 @@ class AdaptRequest:
     requested_at: float
     erasure_id: str = ""  # with reason ERASE: the erasure request's id (no support then)
 
-    def dumps(self) -> bytes:
-        return orjson.dumps(self)
-
-    @classmethod
-    def loads(cls, raw: bytes) -> "AdaptRequest":
-        """Raises ValueError (orjson's JSONDecodeError) or TypeError for bytes that are not one."""
-        return cls(**orjson.loads(raw))
-
 
 ERASE = "erase"
 """The reason of an AdaptRequest that forwards an erasure: the adaptation worker deletes the
@@ -95,21 +110,13 @@ def erasure_of(member_id: str, erasure_id: str, requested_at: float) -> AdaptReq
 
 
 @dataclasses.dataclass(slots=True, frozen=True)
-class AdaptAnswer:
+class AdaptAnswer(OrjsonRecord):
     """Topic `limaml.adapt-answers`: an adapt request was served. Orjson bytes, as
     `AdaptRequest` (one per request both ways); the JSON the Faust record it replaced wrote."""
 
     member_id: str
     seq: int  # the request's seq
     written: bool  # False: a stored embedding was as new already (nothing was written)
-
-    def dumps(self) -> bytes:
-        return orjson.dumps(self)
-
-    @classmethod
-    def loads(cls, raw: bytes) -> "AdaptAnswer":
-        """Raises ValueError (orjson's JSONDecodeError) or TypeError for bytes that are not one."""
-        return cls(**orjson.loads(raw))
 
 
 class RefreshRequest(faust.Record, serializer="json", include_metadata=False):
