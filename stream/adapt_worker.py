@@ -41,8 +41,8 @@ from limaml.featurestore.store import open_feature_store
 from limaml.featurestore.conditional_write import delete_entities
 from limaml.featurestore.embeddings import JOIN_KEY, VIEW, EmbeddingWriter, MemberEmbedding, stored_is_newer
 from limaml.featurestore.profiles import VIEW as PROFILE_VIEW
-from limaml.stream.batching import BatchLimit, take_growing
 from limaml.stream.config import AdaptConfig
+from limaml.stream.event_batches import event_batches
 from limaml.stream.faust_client import create_faust_app
 from limaml.stream.metrics import AdaptMetrics
 from limaml.stream.records import ERASE, AdaptAnswer, AdaptRequest, ErasureAnswer, RefreshRequest, loaded_or_skipped
@@ -160,9 +160,9 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
 
     @app.agent(requests_topic)
     async def adapt(stream: faust.StreamT) -> None:
-        async for batch in take_growing(stream, BatchLimit(config.batch_size, config.max_batch), config.max_wait_s):
+        async for batch in event_batches(stream, config.max_batch, config.max_wait_s, enough=config.batch_size):
             started = time.time()
-            erasures, survivors = split_erasures(decoded_requests(batch))
+            erasures, survivors = split_erasures(decoded_requests([event.value for event in batch]))
             if erasures:
                 await erase(erasures)
             if survivors:

@@ -34,9 +34,9 @@ class StreamConfig:
 @dataclass(frozen=True)
 class AdaptConfig:
     artifacts_dir: Path = Path("artifacts")  # model versions; the ACTIVE one is served
-    batch_size: int = 256  # a micro-batch's size limit, doubled while batches come out full (a backlog)
-    max_batch: int = 4096  # the most adapt requests in one micro-batch (and buffered for the next)
-    max_wait_s: float = 0.05  # longest wait to fill a micro-batch
+    batch_size: int = 256  # a micro-batch this large starts as soon as no more requests are waiting
+    max_batch: int = 4096  # the most adapt requests in one micro-batch
+    max_wait_s: float = 0.05  # longest wait to fill a smaller micro-batch
     device: str = "auto"  # "auto" picks CUDA when present
     compile: bool = False  # torch.compile the inner loop (faster, compiles shapes on first use)
     torch_threads: int = 1  # CPU threads of the inner loop (1: no OpenMP spin contention on shared cores)
@@ -47,6 +47,13 @@ class AdaptConfig:
     web_bind: str = "127.0.0.1"  # interface of that port
     web_api_token: str = field(default="", repr=False)  # bearer token the HTTP pages require ("": open); never logged
     web_api_token_file: str = ""  # file holding web_api_token, read at start (a mounted secret)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= self.max_batch:
+            raise ValueError(f"[adapt] batch_size must be between 1 and max_batch ({self.max_batch}), "
+                             f"got {self.batch_size}: lower batch_size or raise max_batch")
+        if self.max_wait_s < 0:
+            raise ValueError(f"[adapt] max_wait_s must be 0 or more, got {self.max_wait_s}")
 
     def web_token(self) -> str | None:
         """The token the HTTP pages require, None when they are open; the file is read now."""

@@ -35,11 +35,19 @@ from faust.types import TP, EventT
 from mode.utils.futures import maybe_async
 
 
-async def event_batches(stream: faust.StreamT, max_events: int,
-                        within_s: float) -> AsyncIterator[list[EventT]]:
+async def event_batches(stream: faust.StreamT, max_events: int, within_s: float,
+                        enough: int | None = None) -> AsyncIterator[list[EventT]]:
     """The agent's events in batches: the first event waiting, then whatever the channel
-    holds or receives until `within_s` after it, up to `max_events`. Each batch is acked when
-    the loop body that received it ends."""
+    holds or receives until `within_s` after it, up to `max_events`; a batch that holds
+    `enough` events (`max_events` unless given) closes as soon as no more are waiting. Each
+    batch is acked when the loop body that received it ends.
+
+    Events keep arriving in the channel while a batch is processed, so under load a batch is
+    what arrived during the previous one: the batches grow with the load, and an event
+    waits for about one batch, not for a size limit to fill."""
+    enough = max_events if enough is None else enough
+    if not 1 <= enough <= max_events:
+        raise ValueError(f"event batches need 1 <= enough <= max_events, got {enough} and {max_events}")
     queue = stream.channel.queue
     take, take_next = queue.get_nowait, queue.get
     processors = stream._processors
@@ -63,6 +71,8 @@ async def event_batches(stream: faust.StreamT, max_events: int,
                 if not queue.empty():
                     event = take()
                     continue
+                if len(batch) >= enough:
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

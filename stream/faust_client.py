@@ -7,16 +7,15 @@
    fetch wait, which Faust fixes at 1.5 s, and the busy partitions cannot be fetched until
    it returns: at 1,000 events/s the stream worker applied events 1.1 s after they were
    produced on average, 0.2 s with a 50 ms wait (docs/benchmarks.md).
-2. A pre-commit flush that drains every buffered table write (see
-   `drain_changelog_writes_before_commits`).
-3. Source partitions resume where the restored table says, not only where the group
+2. Source partitions resume where the restored table says, not only where the group
    committed (see `resume_from_table_offsets` and `limaml.stream.source_offsets`).
-4. A fetch loop that delivers a message without racing it against a rebalance's
+3. A fetch loop that delivers a message without racing it against a rebalance's
    suspension (four asyncio tasks per message) when its delivery cannot suspend anyway,
    and that never delivers records a fetch brought back from before a seek of their
    partition (see `LowLatencyConsumer._drain_messages`).
-5. A producer that sends through librdkafka, and tables whose changelog records skip
-   Faust's per-message send path (`limaml.stream.librdkafka_producer`).
+4. A producer that sends through librdkafka, and tables whose changelog records skip
+   Faust's per-message send path (`limaml.stream.librdkafka_producer`); nothing goes through
+   Faust's producer buffer.
 
 The apps connect with `[kafka]`'s security settings (see `broker_credentials`), the workers
 join their consumer groups as static members (see `group_instance_id`), and every
@@ -119,14 +118,14 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):
 
     def _delivers_at_once(self, message: Any) -> bool:
         """Whether the conductor's callback for `message` will run to its end without
-        suspending: flow not suspended, producer buffer under its limit, no callback-map
-        update under way, and room in every queue the message goes to (the places where
-        `Conductor._build_handler`'s callback can wait)."""
+        suspending: flow not suspended, no callback-map update under way, and room in every
+        queue the message goes to (the places where `Conductor._build_handler`'s callback can
+        wait; the last, a full producer buffer, cannot happen: `LibrdkafkaProducer` refuses
+        to buffer)."""
         app = self.app
         conductor = app.topics
-        buffer = app.producer.buffer
         if (self.suspend_flow.is_set() or not app.flow_control.is_active()
-                or buffer.size > buffer.max_messages or conductor._tp_to_callback_lock.locked()):
+                or conductor._tp_to_callback_lock.locked()):
             return False
         channels = conductor._tp_index.get(message.tp)
         return channels is not None and not any(channel.queue.full() for channel in channels)
@@ -305,19 +304,3 @@ def create_topics_with(app: faust.App, topic_config: Mapping[str, str]) -> None:
 
     transport._create_topic = create_topic_with_config
 
-
-def drain_changelog_writes_before_commits(app: faust.App) -> None:
-    """Make Faust's pre-commit flush wait until every buffered table write is sent.
-
-    A table write is buffered in the producer's `ProducerBuffer`; before committing source
-    offsets Faust flushes that buffer, but its flush returns as soon as no message went out
-    for 0.1 s (a busy event loop on a loaded machine) and the commit goes ahead. A crash
-    right after would lose the changelog writes of committed events, so a recovered support
-    set would miss them. This replaces the buffer's flush with one that drains it."""
-    buffer = app.producer.buffer
-
-    async def flush_until_empty() -> None:
-        while buffer.size:
-            await buffer.flush_atmost(None)
-
-    buffer.flush = flush_until_empty  # type: ignore[method-assign]

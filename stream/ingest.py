@@ -63,8 +63,7 @@ from limaml.stream.check_times import CheckTimes
 from limaml.stream.config import StreamConfig
 from limaml.stream.dead_letters import send_dead_letter
 from limaml.stream.event_batches import event_batches
-from limaml.stream.faust_client import (create_faust_app, drain_changelog_writes_before_commits,
-                                       resume_from_table_offsets)
+from limaml.stream.faust_client import create_faust_app, resume_from_table_offsets
 from limaml.stream.metrics import StreamMetrics
 from limaml.stream.policy import (Example, TriggerPolicy, apply_events, due_reason,
                                   empty_support_set, mark_answered, mark_requested, next_check)
@@ -347,7 +346,6 @@ def create_stream_app(kafka: KafkaConfig, config: StreamConfig, worker_id: str =
         web_host=config.web_bind,
         web_application_options=web_application_options(config.web_token()),
     )
-    drain_changelog_writes_before_commits(app)
     topics = declare_topics(app, kafka)
     tables = declare_tables(app, kafka, config.rocksdb_cache_mb)
     worker = StreamWorker(app, topics, tables, kafka, config, metrics)

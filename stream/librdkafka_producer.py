@@ -8,9 +8,11 @@ held incoming messages back (bench/chaos.py). librdkafka (confluent-kafka) build
 in C, keeps up to five requests in flight per broker with the idempotent producer (so
 retries still keep each partition's order), and needs one Python call per record.
 
-Everything else stays Faust's: the producer buffer, the future of a record sent through
-it, topic creation and key partitioning, which use an aiokafka client as before. Tables
-produce their changelog records directly (`limaml.stream.changelog_table`). Delivery
+Everything else stays Faust's: the future of a record sent, topic creation and key
+partitioning, which use an aiokafka client as before. Tables produce their changelog
+records directly (`limaml.stream.changelog_table`), and nothing goes through Faust's
+producer buffer (`send_soon` refuses): a record is in librdkafka's queue as soon as it is
+sent, so the flush before a commit of source offsets waits for every one of them. Delivery
 reports are served on the event loop, by a task that polls librdkafka every few
 milliseconds while records are in flight, so a record's future is resolved in the loop's
 thread with no hand-over between threads per record.
@@ -96,7 +98,6 @@ class LibrdkafkaProducer(faust_aiokafka.Producer):
         self._records = self._new_records_producer()
 
     async def on_stop(self) -> None:
-        await self.buffer.flush()
         await self._drain()
         self._records = None
         await super().on_stop()
@@ -142,6 +143,13 @@ class LibrdkafkaProducer(faust_aiokafka.Producer):
         while self._records is not None and len(self._records) >= MAX_QUEUED:
             await asyncio.sleep(DELIVERY_POLL_S)
 
+    def send_soon(self, fut: faust.types.FutureMessage) -> None:
+        """Refused: a record goes to librdkafka at once (`produce`, `send`). Faust's buffer would
+        hold it back from the pre-commit flush, and the consumer delivers without checking it
+        (`LowLatencyConsumer._delivers_at_once`)."""
+        raise NotImplementedError("limaml's apps produce through librdkafka at once: use produce or send, "
+                                  "not send_soon (Faust's producer buffer)")
+
     async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None,
                    timestamp: float | None, headers: HeadersArg | None, *,
                    transactional_id: str | None = None) -> Awaitable[RecordMetadata]:
@@ -172,7 +180,6 @@ class LibrdkafkaProducer(faust_aiokafka.Producer):
 
     async def flush(self) -> None:
         """Wait until every record sent before the call is delivered (or failed)."""
-        await super().flush()
         await self._drain()
 
     async def _drain(self) -> None:

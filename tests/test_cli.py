@@ -188,3 +188,11 @@ def test_forget_takes_members_from_the_command_line_and_a_file_once_each(tmp_pat
     assert main(["forget", "--bootstrap", "127.0.0.1:1"]) == 2
     assert main(["forget", "m1", "--timeout-s", "0", "--bootstrap", "127.0.0.1:1"]) == 2
     assert "--timeout-s must be positive" in caplog.text
+
+
+def test_an_adaptation_worker_with_micro_batch_limits_that_cannot_hold_refuses_to_start(
+        caplog: pytest.LogCaptureFixture) -> None:
+    assert main(["adapt", "--batch-size", "8", "--max-batch", "4", "--bootstrap", "127.0.0.1:1"]) == 2
+    assert "batch_size must be between 1 and max_batch (4), got 8" in caplog.text
+    assert main(["adapt", "--max-wait-s", "-1", "--bootstrap", "127.0.0.1:1"]) == 2
+    assert "max_wait_s must be 0 or more" in caplog.text

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import faust
@@ -49,6 +51,62 @@ async def test_a_batch_takes_the_waiting_events_up_to_its_size_and_is_acked_afte
     finally:
         await batches.aclose()
     assert all(event.message.acked for event in events)
+
+
+async def until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_batch_of_enough_events_closes_when_none_more_wait_and_a_smaller_one_waits_for_more(
+        app: faust.App) -> None:
+    """The adaptation worker's micro-batches: whatever waits, handed over at once when it is
+    `enough`; fewer wait for more (up to `within_s`, longer than the test: it must not pass)."""
+    channel = app.channel()
+    stream = channel.stream()
+    generation = app.consumer_generation_id
+    events = [await put(channel, offset, generation) for offset in range(3)]
+    batches = event_batches(stream, max_events=10, within_s=60.0, enough=2)
+    try:
+        assert await asyncio.wait_for(anext(batches), 10) == events  # all that waited
+        waiting = asyncio.ensure_future(anext(batches))
+        events = [await put(channel, 3, generation)]
+        await until(channel.queue.empty)  # taken: a batch of one, waiting for more
+        events += [await put(channel, offset, generation) for offset in (4, 5)]
+        assert await asyncio.wait_for(waiting, 10) == events
+    finally:
+        await batches.aclose()
+    with pytest.raises(ValueError, match="enough <= max_events"):
+        await anext(event_batches(stream, max_events=2, within_s=0.1, enough=3))
+
+
+async def test_events_arriving_during_an_agents_batch_make_its_next_batch() -> None:
+    """In an agent (Faust's test context): the events put while a batch is processed are all
+    in the next batch, up to `max_events`, without waiting for more."""
+    app = faust.App("batching-test", store="memory://")  # test_context needs no broker
+    batches: list[list[int]] = []
+    release = asyncio.Event()
+
+    @app.agent(app.topic("values", value_serializer="json"))
+    async def consume(stream: faust.StreamT) -> None:
+        async for batch in event_batches(stream, max_events=4, within_s=60.0, enough=2):
+            batches.append([event.value for event in batch])
+            await release.wait()  # the first batch is held until the test lets it go
+
+    try:
+        async with consume.test_context() as agent:
+            for value in range(2):
+                await agent.put(value)
+            await until(lambda: len(batches) == 1)
+            for value in range(2, 8):  # while batch 1 is processed: taken only after it
+                await agent.put(value, wait=False)
+            release.set()
+            await until(lambda: len(batches) == 3)
+    finally:
+        app._consumer._thread.thread_loop.close()  # the loop of the consumer thread Faust made
+    assert batches == [[0, 1], [2, 3, 4, 5], [6, 7]]
 
 
 async def test_an_event_of_an_earlier_consumer_generation_is_acked_and_left_out(app: faust.App) -> None:

@@ -74,11 +74,6 @@ def stream_test(tmp_path: Path, **settings: float) -> StreamTest:
         test.sent.append(Sent(topic, json.loads(key) if key.startswith('"') else key, partition,
                               None if value is None else json.loads(value)))
 
-    def record(fut: faust.types.FutureMessage) -> None:  # instead of the producer buffer
-        message = fut.message
-        produce(message.channel.get_topic_name(), message.key, message.value, message.partition)
-
-    app.producer.send_soon = record
     app.producer.produce = produce  # table writes (`librdkafka_producer.ChangelogTable`), requests
     return test
 
