@@ -23,6 +23,7 @@ The last line is `freshness_p99_s=<x> events_per_s=<y> ratio_vs_raw=<z>`.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import threading
@@ -209,6 +210,9 @@ def freshness_phase(stack: Stack, label: str, limit: int, **pace: float) -> dict
     stack.replay(limit=WARMUP_EVENTS, **pace)
     poll(lambda: stream.metric("limaml_stream_events_total") >= WARMUP_EVENTS, 300, f"{label}: warm-up applied")
     poll(lambda: all_answered([stream], [adapt]), 300, f"{label}: warm-up requests answered")
+    if "--no-compile" not in stack.adapt_options:  # the sustained state: the compiled inner loop
+        poll(lambda: json.loads(adapt.get("/model") or b"{}").get("inner_loop") == "compiled", 300,
+             f"{label}: the adaptation worker's inner loop compiled")
     before = scrape_stages(workers)
     cpu_before = {kind: process_cpu_s(worker) for kind, worker in workers.items()}
     served_before = summed([adapt], ADAPT_EMBEDDINGS) + summed([adapt], ADAPT_SKIPPED_STALE)
@@ -260,8 +264,8 @@ def main() -> None:
                         help="the stream worker's --max-staleness-s")
     parser.add_argument("--movielens", type=Path, help="ml-100k directory for a time-compressed replay")
     parser.add_argument("--speedup", type=float, default=200_000.0, help="MovieLens time compression")
-    parser.add_argument("--adapt-compile", action="store_true",
-                        help="the adaptation worker with `--compile` (the compiled inner loop)")
+    parser.add_argument("--adapt-eager", action="store_true",
+                        help="the adaptation worker with `--no-compile` (the eager inner loop)")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.backlog = 20.0, 20_000
@@ -292,7 +296,7 @@ def main() -> None:
               f"CPU time {cpu_ms_per_event:.3f} ms per event (all its threads: a figure that "
               f"depends less on what else runs than events/s)")
 
-        adapt_options = ("--compile",) if args.adapt_compile else ()
+        adapt_options = ("--no-compile",) if args.adapt_eager else ()
         sustained = freshness_phase(Stack(bootstrap, synthetic, work, exits, args.max_staleness_s,
                                           adapt_options=adapt_options),
                                     f"synthetic at {args.rate:g} events/s", rate=args.rate,

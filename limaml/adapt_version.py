@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +24,11 @@ class AdaptVersion(ActiveFollower[AdaptModel]):
     """The adaptation worker's engine and encoder of the ACTIVE version (see `ActiveFollower`)."""
 
     def __init__(self, root: Path, device: str | None = None, compile: bool = False,
-                 support_capacity: int = 64) -> None:
+                 support_capacity: int = 64, on_compiled: Callable[[], None] | None = None) -> None:
+        """`on_compiled` is called once a version's inner loop is compiled (in the compiling thread)."""
         self._device = None if device in (None, "auto") else device
         self._compile = compile
+        self._on_compiled = on_compiled
         self._support_capacity = support_capacity
         super().__init__(root)
 
@@ -40,7 +43,7 @@ class AdaptVersion(ActiveFollower[AdaptModel]):
 
     def _load(self, version: str, previous: AdaptModel | None) -> AdaptModel:
         artifact = load_artifact(self.root, version)
-        engine = AdaptationEngine(artifact.model, self._device, compile=self._compile,
-                                  support_capacity=self._support_capacity)
-        engine.warm_up()  # before the version serves a batch
+        engine = AdaptationEngine(artifact.model, self._device, support_capacity=self._support_capacity)
+        if self._compile:  # the version serves at once, eagerly until its loop is compiled
+            engine.compile_in_background(then=self._on_compiled)
         return AdaptModel(artifact=artifact, engine=engine, encoder=FeatureEncoder(artifact.schema))

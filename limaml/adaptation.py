@@ -13,7 +13,9 @@ streaming stack.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +25,8 @@ from torch import Tensor
 from torch.func import grad
 
 from limaml.model import AdaptedParams, GlobalBlock, LiMAML, meta_forward
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,18 @@ def adapted_embeddings(model: LiMAML, support: SupportBatch, steps: int | None =
         return meta_forward(adapt(model, support, steps=steps, first_order=True))
 
 
+@dataclass(frozen=True)
+class InnerLoop:
+    """How an engine runs a chunk: `adapted_embeddings` itself, or compiled (`padded`: chunks
+    padded to the shapes it was compiled for)."""
+
+    run: Callable[[LiMAML, SupportBatch], Tensor]
+    padded: bool
+
+
+EAGER = InnerLoop(adapted_embeddings, padded=False)
+
+
 class AdaptationEngine:
     """Batched online adaptation on CPU or CUDA: support sets in, meta embeddings out.
 
@@ -138,9 +154,12 @@ class AdaptationEngine:
     are cut into chunks of at most `max_members_per_chunk` members to bound memory.
 
     With `compile`, the inner loop runs through `torch.compile`, which fuses its
-    element-wise work (about twice as fast on CPU). Compiled code is specialised to tensor
-    shapes, so each chunk is padded with empty members to a power-of-two size and support
-    sets to `support_capacity`: a handful of shapes, each compiled once on first use.
+    element-wise work (12 times the eager rate on CPU with the default model;
+    docs/benchmarks.md). Compiled
+    code is specialised to tensor shapes, so each chunk is padded with empty members to a
+    power-of-two size and support sets to `support_capacity`: a handful of shapes, each
+    compiled once on first use (`warm_up` compiles them all at once; `compile_in_background`
+    compiles them while the engine serves with the eager loop).
     The engine takes the model over: it moves it to the device and freezes its weights.
     """
 
@@ -157,23 +176,56 @@ class AdaptationEngine:
             max_members_per_chunk = 512 if self.device.type == "cpu" else 16384
         self.max_members_per_chunk = max_members_per_chunk
         self.support_capacity = support_capacity
-        self._adapt_chunk = torch.compile(adapted_embeddings) if compile else adapted_embeddings
-        self._compiled = compile
-        if compile:  # room to compile every chunk shape (Dynamo runs eager past its limit)
-            shapes = max(1, max_members_per_chunk.bit_length() - 4)
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * shapes)
+        self._loop = self._compiled_loop() if compile else EAGER
 
     @property
     def meta_dim(self) -> int:
         return self.model.config.meta_dim
+
+    @property
+    def compiled(self) -> bool:
+        """Whether batches run through the compiled inner loop (now)."""
+        return self._loop.padded
 
     def warm_up(self) -> None:
         """With `compile`, compile the inner loop for every chunk shape now, on empty members:
         a shape's first use compiles for seconds (about 10 s on two CPU cores), and a
         micro-batch that met a new shape waited for it (a 27 s batch at 5,000 events/s).
         Without `compile`, nothing to do."""
-        if not self._compiled:
-            return
+        if self._loop.padded:
+            self._compile_every_shape(self._loop)
+
+    def compile_in_background(self, then: Callable[[], None] | None = None) -> threading.Thread:
+        """Compile the inner loop for every chunk shape in a thread of its own, call `then`, and
+        switch to the compiled loop; batches run on the eager loop meanwhile. A worker so serves at
+        once rather than after the compilations (21 s of one core here for the CPU's six chunk
+        shapes, 2 s from Inductor's on-disk cache). A compilation that fails (no C++ compiler
+        for Inductor, say) is logged, and the engine stays eager."""
+        loop = self._compiled_loop()
+
+        def compile_then_switch() -> None:
+            try:
+                self._compile_every_shape(loop)
+            except Exception:  # the eager loop serves on; the reason is in the log
+                log.warning("torch.compile of the inner loop failed: adapting with the eager loop "
+                            "(slower; set [adapt] compile = false to skip the attempt)", exc_info=True)
+                return
+            if then is not None:
+                then()
+            self._loop = loop
+            log.info("the compiled inner loop serves from now on")
+
+        thread = threading.Thread(target=compile_then_switch, name="limaml-compile", daemon=True)
+        thread.start()
+        return thread
+
+    def _compiled_loop(self) -> InnerLoop:
+        shapes = max(1, self.max_members_per_chunk.bit_length() - 4)
+        # room to compile every chunk shape (Dynamo runs eager past its limit)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * shapes)
+        return InnerLoop(torch.compile(adapted_embeddings), padded=True)
+
+    def _compile_every_shape(self, loop: InnerLoop) -> None:
         config = self.model.config
         empty = MemberSupport(features=np.zeros(len(config.member_field_cardinalities), dtype=np.int64),
                               items=np.zeros(1, dtype=np.int64), labels=np.zeros(1, dtype=np.float32),
@@ -181,21 +233,24 @@ class AdaptationEngine:
         one = SupportBatch.from_members([empty], config.context_dim, self.device)
         rows = _next_power_of_two(1)
         while rows <= self.max_members_per_chunk:
-            self.adapt_batch(pad_members(one, rows))
+            self._adapt(loop, pad_members(one, rows))
             rows *= 2
 
     def adapt_batch(self, support: SupportBatch) -> Tensor:
         """[B, E] float32 embeddings on the CPU, in the batch's member order."""
+        return self._adapt(self._loop, support)
+
+    def _adapt(self, loop: InnerLoop, support: SupportBatch) -> Tensor:
         support = support.to(self.device)
-        if self._compiled:
+        if loop.padded:
             support = pad_support(support, max(self.support_capacity, support.items.shape[1]))
         chunks = []
         for start in range(0, len(support), self.max_members_per_chunk):
             chunk = support.rows(start, start + self.max_members_per_chunk)
             rows = len(chunk)
-            if self._compiled:
+            if loop.padded:
                 chunk = pad_members(chunk, min(self.max_members_per_chunk, _next_power_of_two(rows)))
-            chunks.append(self._adapt_chunk(self.model, chunk)[:rows])
+            chunks.append(loop.run(self.model, chunk)[:rows])
         if not chunks:
             return torch.zeros(0, self.meta_dim)
         return torch.cat(chunks).cpu()

@@ -45,6 +45,7 @@ from limaml.stream.config import AdaptConfig
 from limaml.stream.event_batches import event_batches
 from limaml.stream.faust_client import create_faust_app
 from limaml.stream.metrics import AdaptMetrics
+from limaml.stream.run import freeze_long_lived
 from limaml.stream.records import ERASE, AdaptAnswer, AdaptRequest, ErasureAnswer, RefreshRequest, loaded_or_skipped
 from limaml.stream.topology import declare_topics
 from limaml.stream.web_auth import web_application_options
@@ -154,7 +155,7 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
     embeddings_name, answers_name = embeddings_topic.get_topic_name(), topics.adapt_answers.get_topic_name()
     refresh_topic, erasure_answers = topics.refresh_requests, topics.erasure_answers
     torch.set_num_threads(config.torch_threads)
-    model = AdaptVersion(config.artifacts_dir, config.device, config.compile)
+    model = AdaptVersion(config.artifacts_dir, config.device, config.compile, on_compiled=freeze_long_lived)
     adapter = BatchAdapter(model, feast, metrics.stage_seconds)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="limaml-adapt")
 
@@ -225,7 +226,9 @@ def create_adapt_app(kafka: KafkaConfig, config: AdaptConfig, feast: FeatureStor
 
     @app.page("/model")
     async def model_page(web: View, request: Request) -> Any:
-        return web.json({"version": model.current.version, "artifacts_dir": str(config.artifacts_dir),
-                         "load_error": model.load_error})
+        served = model.current
+        return web.json({"version": served.version, "artifacts_dir": str(config.artifacts_dir),
+                         "load_error": model.load_error,
+                         "inner_loop": "compiled" if served.engine.compiled else "eager"})
 
     return app

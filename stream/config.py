@@ -38,7 +38,7 @@ class AdaptConfig:
     max_batch: int = 4096  # the most adapt requests in one micro-batch
     max_wait_s: float = 0.05  # longest wait to fill a smaller micro-batch
     device: str = "auto"  # "auto" picks CUDA when present
-    compile: bool = False  # torch.compile the inner loop (faster, compiles shapes on first use)
+    compile: bool = True  # torch.compile the inner loop, in the background (eager until compiled)
     torch_threads: int = 1  # CPU threads of the inner loop (1: no OpenMP spin contention on shared cores)
     model_poll_s: float = 2.0  # how often the ACTIVE model pointer is checked
     data_dir: Path = Path(".cache/adapt")  # worker state

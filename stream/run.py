@@ -37,12 +37,22 @@ PROFILE_ENV = "LIMAML_PROFILE"
 worker's time goes (cProfile is not asyncio-aware: read `tottime`); not for production."""
 
 
+def freeze_long_lived() -> None:
+    """Put what exists now out of the cyclic collector's reach (see the module): once the app
+    is built, and again once the adaptation worker's compiled inner loop is (its graphs and
+    generated code, which full collections traversed over and over otherwise). The collection
+    first holds the interpreter for a moment (0.33 s in an adaptation worker with its loop
+    compiled, 624,000 objects, on this VM), once per model version."""
+    gc.collect()  # garbage frozen would never be freed
+    gc.freeze()
+
+
 def run_app(app: faust.App) -> None:
     """Faust's worker: handles SIGTERM/SIGINT with a graceful stop (commit, flush, close)."""
     level = "debug" if logging.getLogger().isEnabledFor(logging.DEBUG) else "info"
     profile_to = os.environ.get(PROFILE_ENV)
     profiler = cProfile.Profile() if profile_to else None
-    gc.freeze()  # see the module
+    freeze_long_lived()
     gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
     if profiler is not None:
         profiler.enable()

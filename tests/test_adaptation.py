@@ -115,11 +115,45 @@ def test_a_warmed_up_compiled_engine_compiles_nothing_for_any_batch_size() -> No
     model = small_model()
     engine = AdaptationEngine(model, "cpu", compile=True, support_capacity=max(SIZES), max_members_per_chunk=64)
     engine.warm_up()
+    assert engine.compiled
     compiled = dict(torch._dynamo.utils.counters["stats"])
     members = random_members(model, SIZES * 20)
     for count in (1, 7, 16, 17, 40, 64, 65, 120):
         assert engine.adapt_members(members[:count]).shape == (count, model.config.meta_dim)
     assert dict(torch._dynamo.utils.counters["stats"]) == compiled
+
+
+def test_an_engine_compiling_in_the_background_serves_eagerly_then_compiled_with_the_same_results() -> None:
+    model = small_model()
+    members = random_members(model, SIZES * 4)
+    expected = AdaptationEngine(small_model(), "cpu").adapt_members(members)
+    engine = AdaptationEngine(model, "cpu", support_capacity=max(SIZES), max_members_per_chunk=32)
+    compiling = engine.compile_in_background()
+    assert not engine.compiled  # serves at once, with the eager loop
+    np.testing.assert_allclose(engine.adapt_members(members), expected, rtol=1e-4, atol=1e-5)
+    compiling.join(timeout=600)
+    assert engine.compiled
+    compiled = dict(torch._dynamo.utils.counters["stats"])
+    np.testing.assert_allclose(engine.adapt_members(members), expected, rtol=1e-4, atol=1e-5)
+    assert dict(torch._dynamo.utils.counters["stats"]) == compiled  # every shape compiled before the switch
+
+
+def test_an_engine_whose_compilation_fails_stays_eager_and_says_why(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    def no_compiler(function: object) -> object:
+        def fails(*args: object) -> object:
+            raise RuntimeError("no C++ compiler found")
+        return fails
+
+    model = small_model()
+    members = random_members(model, SIZES)
+    expected = AdaptationEngine(small_model(), "cpu").adapt_members(members)
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    engine = AdaptationEngine(model, "cpu", support_capacity=max(SIZES), max_members_per_chunk=32)
+    engine.compile_in_background().join(timeout=60)
+    assert not engine.compiled
+    assert "torch.compile of the inner loop failed" in caplog.text and "no C++ compiler found" in caplog.text
+    np.testing.assert_allclose(engine.adapt_members(members), expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
