@@ -450,6 +450,8 @@ def test_dockerfile_installs_every_package_and_runs_unprivileged() -> None:
     assert re.search(r"^FROM python:\$\{PYTHON_VERSION\}-slim AS runtime$", text, re.MULTILINE)
     assert re.search(r"^ARG PYTHON_VERSION=3\.11$", text, re.MULTILINE)
     assert re.search(r"^USER limaml", text, re.MULTILINE)
+    runtime = text[text.index("AS runtime"):]  # a C++ compiler for the compiled inner loop (Inductor)
+    assert re.search(r"apt-get install -y --no-install-recommends g\+\+", runtime)
     assert "https://download.pytorch.org/whl/cpu" in text
     for variant in ("cpu", "cuda"):
         assert re.search(rf"^\s+{variant}\)", text, re.MULTILINE), variant
