@@ -155,11 +155,11 @@ class AdaptationEngine:
 
     With `compile`, the inner loop runs through `torch.compile`, which fuses its
     element-wise work (12 times the eager rate on CPU with the default model;
-    docs/benchmarks.md). Compiled
-    code is specialised to tensor shapes, so each chunk is padded with empty members to a
-    power-of-two size and support sets to `support_capacity`: a handful of shapes, each
-    compiled once on first use (`warm_up` compiles them all at once; `compile_in_background`
-    compiles them while the engine serves with the eager loop).
+    docs/benchmarks.md). Compiled code is specialised to tensor shapes, so each chunk is
+    padded with empty members to a power-of-two size and support sets to
+    `support_capacity`: a handful of shapes, each compiled once on first use (`warm_up`
+    compiles them all at once; `compile_in_background` compiles them while the engine
+    serves with the eager loop).
     The engine takes the model over: it moves it to the device and freezes its weights.
     """
 

@@ -39,10 +39,10 @@ worker's time goes (cProfile is not asyncio-aware: read `tottime`); not for prod
 
 def freeze_long_lived() -> None:
     """Put what exists now out of the cyclic collector's reach (see the module): once the app
-    is built, and again once the adaptation worker's compiled inner loop is (its graphs and
-    generated code, which full collections traversed over and over otherwise). The collection
-    first holds the interpreter for a moment (0.33 s in an adaptation worker with its loop
-    compiled, 624,000 objects, on this VM), once per model version."""
+    is built, and again once the adaptation worker's inner loop is compiled, so collections
+    need not traverse its graphs and generated code. The collection before the freeze holds
+    the interpreter for a moment (0.33 s in an adaptation worker with its loop compiled,
+    624,000 objects, on this VM), once per model version."""
     gc.collect()  # garbage frozen would never be freed
     gc.freeze()
 
