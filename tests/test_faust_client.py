@@ -49,8 +49,8 @@ async def test_a_message_is_delivered_without_the_suspend_race_only_when_its_del
         tmp_path: Path) -> None:
     """The stream worker's consumer awaits the conductor's callback directly (no `wait_first`
     tasks) only when nothing in it can suspend: flow running, room in the message's queues
-    (the producer buffer, the other place it could wait, is never used). Otherwise it races the callback against a
-    rebalance's suspension, as Faust does."""
+    (the producer buffer, the other place it could wait, is never used). Otherwise it races
+    the callback against a rebalance's suspension, as Faust does."""
     app = create_stream_app(KafkaConfig(), StreamConfig(data_dir=tmp_path / "stream"), store="memory://")
     consumer = app.consumer
     try:

@@ -3,7 +3,8 @@ rebalance each worker reads every partition it holds to its end, and every event
 exactly once.
 
 The backlog waits in the topic before the first worker starts, so the first worker takes all
-the partitions and is busy with full batches (and changelog records in flight) when the second worker's join revokes them all and gives half of them back.
+the partitions and is busy with full batches (and changelog records in flight) when the
+second worker's join revokes them all and gives half of them back.
 """
 
 from __future__ import annotations
