@@ -3,9 +3,9 @@ holds for its entity passes, and the read, the test and the write are one atomic
 own writes are not: SQLite overwrites, and Redis compares event times after a separate read,
 so of two racing writers the later write wins whatever its content.
 
-Rows come encoded as Feast encodes its online rows (`encoded_row` of what `FeatureStore.push`
-converts a frame to, with `_convert_arrow_to_proto`) and are stored in Feast's layout (feast
-0.67), so `get_online_features` reads them unchanged:
+Rows come encoded as Feast encodes the online rows `FeatureStore.push` converts a frame to
+(with `_convert_arrow_to_proto`: each value a serialized ValueProto, and its text) and are
+stored in Feast's layout (feast 0.67), so `get_online_features` reads them unchanged:
 
 - SQLite: table `{project}_{view}` in the store's file, one row per (entity_key, feature_name):
   entity_key the serialized entity key, value the serialized ValueProto, value_text its text,
@@ -43,7 +43,6 @@ from feast.infra.online_stores.helpers import (
     _redis_key,
     compute_table_id,
     compute_versioned_name,
-    extract_text_and_num,
 )
 from feast.infra.online_stores.redis import RedisOnlineStore, RedisType
 from feast.infra.online_stores.sqlite import SqliteOnlineStore, _quote_id
@@ -58,8 +57,6 @@ from redis import Redis, WatchError
 # Row i of the frame and the stored values of the compared features (None: no stored row)
 # -> whether row i may replace it.
 Accept = Callable[[int, dict[str, Any] | None], bool]
-FeastRow = tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]
-"""An online row as Feast converts a pushed frame's row (`_convert_arrow_to_proto`)."""
 SQLITE_LOCK_TIMEOUT_S = 30.0  # how long a writer waits for another's transaction
 
 
@@ -74,15 +71,6 @@ class EncodedRow:
     texts: dict[str, str]  # feature -> SQLite's value_text, for the values that have one
     event_time: datetime
     created: datetime | None = None
-
-
-def encoded_row(row: FeastRow) -> EncodedRow:
-    """A row Feast converted, encoded as the stores keep it."""
-    entity_key, values, event_time, created = row
-    texts = {feature: text for feature, value in values.items()
-             if (text := extract_text_and_num(value, False)[0]) is not None}
-    return EncodedRow(entity_key, {feature: value.SerializeToString() for feature, value in values.items()},
-                      texts, event_time, created)
 
 
 def delete_entities(store: FeatureStore, join_key: str, values: Sequence[str]) -> None:

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +22,15 @@ import redis
 from certificates import make_certificates
 from conftest import require_component
 from feast import FeatureStore
+from feast.infra.online_stores.helpers import extract_text_and_num
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.utils import _convert_arrow_to_proto
 
 from limaml.adapters.registry import load_dataset
 from limaml.data import InteractionLog
 from limaml.featurestore import embeddings, profiles
-from limaml.featurestore.conditional_write import encoded_row
+from limaml.featurestore.conditional_write import EncodedRow
 from limaml.featurestore.embeddings import EmbeddingReader, EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import read_member_profiles, write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
@@ -127,7 +131,17 @@ def test_an_embeddings_online_row_is_what_feasts_push_makes_of_it(tmp_path: Path
     join_keys = {column.name: column.dtype.to_value_type() for column in view.entity_columns}
     pushed = _convert_arrow_to_proto(pa.Table.from_pandas(frame), view, join_keys)
     assert [field.name for field in view.features] == list(embeddings.FEATURES)
-    assert [embeddings.online_row(e) for e in written] == [encoded_row(row) for row in pushed]
+    assert [embeddings.online_row(e) for e in written] == [feast_encoded(*row) for row in pushed]
+
+
+def feast_encoded(entity_key: EntityKeyProto, values: dict[str, ValueProto], event_time: datetime,
+                  created: datetime | None) -> EncodedRow:
+    """A row Feast converted, encoded as Feast's online stores write it (what `online_row` builds
+    directly): each value serialized, and the text SQLite keeps beside it."""
+    texts = {feature: text for feature, value in values.items()
+             if (text := extract_text_and_num(value, False)[0]) is not None}
+    return EncodedRow(entity_key, {feature: value.SerializeToString() for feature, value in values.items()},
+                      texts, event_time, created)
 
 
 def test_an_older_or_equal_seq_never_replaces_a_newer_one(store: FeatureStore) -> None:
