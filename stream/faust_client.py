@@ -119,9 +119,9 @@ class LowLatencyConsumer(faust_aiokafka.Consumer):
     def _delivers_at_once(self, message: Any) -> bool:
         """Whether the conductor's callback for `message` will run to its end without
         suspending: flow not suspended, no callback-map update under way, and room in every
-        queue the message goes to (the places where `Conductor._build_handler`'s callback can
-        wait; the last, a full producer buffer, cannot happen: `LibrdkafkaProducer` refuses
-        to buffer)."""
+        queue the message goes to: the places where `Conductor._build_handler`'s callback can
+        wait. (It also waits while Faust's producer buffer is full, which cannot happen here:
+        `LibrdkafkaProducer` refuses to buffer.)"""
         app = self.app
         conductor = app.topics
         if (self.suspend_flow.is_set() or not app.flow_control.is_active()
