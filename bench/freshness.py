@@ -21,7 +21,7 @@ that. A broker given in LIMAML_KAFKA_BOOTSTRAP is taken as it is (no warm-up unl
 
 The last line is `freshness_p99_s=<x> events_per_s=<y> ratio_vs_raw=<z>`.
 
-    python bench/freshness.py --quick       # about 2.5 min on 2 cores (each run starts its own broker)
+    python bench/freshness.py --quick       # about 3 min on 2 cores (each run starts and warms its own broker)
     python bench/freshness.py --rate 5000 --members 5000 --max-staleness-s 0.5
     python bench/freshness.py --rate 1000 --duration 120 --movielens ../shared/datasets/ml-100k
 """
@@ -260,7 +260,7 @@ def freshness_phase(stack: Stack, label: str, limit: int, **pace: float) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a 20,000-event backlog and 20 s of phase 3 (about 75 s on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="a 20,000-event backlog and 20 s of phase 3 (about 3 min on 2 cores, with the broker warm-up)")
     parser.add_argument("--rate", type=float, default=1000.0, help="sustained events/s of phase 3")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of phase 3")
     parser.add_argument("--backlog", type=int, default=100_000, help="events of phases 1 and 2")
