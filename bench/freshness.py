@@ -14,7 +14,7 @@ worker (`limaml stream`, `limaml adapt`) with the SQLite Feast store. Three phas
    their consumer groups and recover their tables while it plays.
 
 A broker the benchmark starts itself first runs phase 3 for `--broker-warmup-s` on a
-throwaway prefix (printed, not counted): a freshly started broker's JVM spends about half its
+throwaway prefix (printed, not counted; at most 1,000 events/s): a freshly started broker's JVM spends about half its
 CPU in its JIT compiler threads for its first minutes (C1 and C2, measured per thread on this
 machine kind), and on 2 cores that starves the workers. A broker in production has long done
 that. A broker given in LIMAML_KAFKA_BOOTSTRAP is taken as it is (no warm-up unless asked).
@@ -183,6 +183,9 @@ def percentiles(values: list[float]) -> tuple[float, float, float]:
 WARMUP_EVENTS = 2000
 """Replayed first at the same pace and left out of the figures: partition assignment, table
 recovery and the first batches of freshly started workers are not the sustained state."""
+BROKER_WARMUP_RATE = 1000.0
+"""The broker warm-up's events/s at most: the JIT needs the code paths run, not the load, and
+a rate the machine cannot sustain would leave the warm-up a backlog to drain first."""
 STAGES = {"ingest_lag_s": ("stream", "limaml_stream_ingest_lag_seconds"),
           "trigger_delay_s": ("adapt", "limaml_adapt_trigger_delay_seconds"),
           "request_wait_s": ("adapt", "limaml_adapt_request_wait_seconds"),
@@ -289,9 +292,10 @@ def main() -> None:
         adapt_options = ("--no-compile",) if args.adapt_eager else ()
         warmup_s = args.broker_warmup_s if args.broker_warmup_s is not None else 0.0 if given else 60.0
         if warmup_s > 0:
-            warmup = Stack(bootstrap, synthetic, work, exits, args.max_staleness_s, adapt_options=adapt_options)
-            freshness_phase(warmup, f"broker warm-up (not counted), synthetic at {args.rate:g} events/s",
-                            rate=args.rate, limit=min(WARMUP_EVENTS + int(args.rate * warmup_s), warmup.log.n_events))
+            warmup, rate = Stack(bootstrap, synthetic, work, exits, args.max_staleness_s,
+                                 adapt_options=adapt_options), min(args.rate, BROKER_WARMUP_RATE)
+            freshness_phase(warmup, f"broker warm-up (not counted), synthetic at {rate:g} events/s", rate=rate,
+                            limit=min(WARMUP_EVENTS + int(rate * warmup_s), warmup.log.n_events))
 
         print(f"synthetic log of {members:,} members; stream worker --max-staleness-s {args.max_staleness_s:g}")
         backlog = Stack(bootstrap, synthetic, work, exits, args.max_staleness_s)
