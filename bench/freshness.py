@@ -14,10 +14,11 @@ worker (`limaml stream`, `limaml adapt`) with the SQLite Feast store. Three phas
    their consumer groups and recover their tables while it plays.
 
 A broker the benchmark starts itself first runs phase 3 for `--broker-warmup-s` on a
-throwaway prefix (printed, not counted; at most 1,000 events/s): a freshly started broker's JVM spends about half its
-CPU in its JIT compiler threads for its first minutes (C1 and C2, measured per thread on this
-machine kind), and on 2 cores that starves the workers. A broker in production has long done
-that. A broker given in LIMAML_KAFKA_BOOTSTRAP is taken as it is (no warm-up unless asked).
+throwaway prefix (printed, not counted; at most 1,000 events/s): a freshly started broker's
+JVM spends about half its CPU in its JIT compiler threads for its first minutes (C1 and C2,
+measured per thread on this machine kind), and on 2 cores that starves the workers. A broker
+in production has long done that. A broker given in LIMAML_KAFKA_BOOTSTRAP is taken as it is
+(no warm-up unless asked).
 
 The last line is `freshness_p99_s=<x> events_per_s=<y> ratio_vs_raw=<z>`.
 
