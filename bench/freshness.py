@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -282,6 +283,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.duration, args.backlog = 20.0, 20_000
+    # SIGTERM (a `kill`, a CI timeout) unwinds like Ctrl-C, so the exit stack stops the broker and
+    # the workers: they run in sessions of their own and outlived a killed run, taking CPU.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     members = args.members or max(1000, args.backlog // 50)
     synthetic = f"synthetic:n_members={members},n_items=1000,seed=11"
 
