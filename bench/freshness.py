@@ -30,7 +30,6 @@ The last line is `freshness_p99_s=<x> events_per_s=<y> ratio_vs_raw=<z>`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import tempfile
@@ -222,7 +221,7 @@ def freshness_phase(stack: Stack, label: str, limit: int, **pace: float) -> dict
     poll(lambda: stream.metric("limaml_stream_events_total") >= WARMUP_EVENTS, 300, f"{label}: warm-up applied")
     poll(lambda: all_answered([stream], [adapt]), 300, f"{label}: warm-up requests answered")
     if "--no-compile" not in stack.adapt_options:  # the sustained state: the compiled inner loop
-        poll(lambda: json.loads(adapt.get("/model") or b"{}").get("inner_loop") == "compiled", 300,
+        poll(lambda: (adapt.get_json("/model") or {}).get("inner_loop") == "compiled", 300,
              f"{label}: the adaptation worker's inner loop compiled")
     before = scrape_stages(workers)
     cpu_before = {kind: process_cpu_s(worker) for kind, worker in workers.items()}
