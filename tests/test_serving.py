@@ -294,6 +294,21 @@ def test_bad_requests_get_a_4xx_that_says_what_is_wrong(
     assert counted["limaml_serve_request_seconds_count"] == 1
 
 
+def test_on_started_is_called_once_the_model_is_open_and_before_the_first_request(
+        artifact: Artifact, artifacts: Path, stored: tuple[FeatureStoreConfig, dict[str, MemberEmbedding]],
+        requester: RecordingRequester, dataset: InteractionLog) -> None:
+    """`limaml serve` freezes the heap there (limaml.garbage_collection)."""
+    served_when_started: list[str] = []
+    config = ServeConfig(artifacts_dir=artifacts, max_candidates=MAX_CANDIDATES)
+    app = create_app(config, stored[0], KafkaConfig(), requester,
+                     on_started=lambda: served_when_started.append(app.state.active.current.version))
+    assert served_when_started == []
+    with TestClient(app) as client:
+        assert served_when_started == [artifact.version]
+        assert score(client, members(dataset)["adapted"], candidates(dataset, 3))["model_version"] == artifact.version
+    assert served_when_started == [artifact.version]
+
+
 def test_one_online_store_read_per_request(client: TestClient, dataset: InteractionLog,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     store = client.app.state.active.current.lookup.store

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -51,9 +51,10 @@ async def invalid_request(request: Request, error: Exception) -> JSONResponse:
 
 
 def create_app(config: ServeConfig, feast: FeatureStoreConfig, kafka: KafkaConfig,
-               requester: Requester | None = None) -> FastAPI:
+               requester: Requester | None = None, on_started: Callable[[], None] | None = None) -> FastAPI:
     """The scoring app. Re-adaptation requests go to Kafka through a `RefreshRequester` the
-    app opens and closes, unless `requester` is given (then the caller owns it)."""
+    app opens and closes, unless `requester` is given (then the caller owns it). `on_started`
+    is called once the lifespan has opened the model and the store, before the first request."""
     metrics = ServeMetrics()
     token = config.bearer_token()  # a token file is read once, now
 
@@ -69,6 +70,8 @@ def create_app(config: ServeConfig, feast: FeatureStoreConfig, kafka: KafkaConfi
                                                          metrics)
         poller = asyncio.create_task(poll_active_model(active, config.model_poll_s))
         log.info("serving model %s from %s", active.current.version, config.artifacts_dir)
+        if on_started is not None:
+            on_started()
         try:
             yield
         finally:

@@ -1,5 +1,6 @@
 """Start the scoring service: torch settings, the app, uvicorn (HTTPS when given a certificate)
-until SIGTERM/SIGINT."""
+until SIGTERM/SIGINT. Once the model and the store are open, the heap is frozen out of the
+cyclic collector's reach, as in the workers (`limaml.garbage_collection`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import uvicorn
 
 from limaml.artifacts import active_version
 from limaml.featurestore.config import FeatureStoreConfig
+from limaml.garbage_collection import tune_for_a_long_running_process
 from limaml.serving.app import create_app
 from limaml.serving.config import ServeConfig
 from limaml.layered_config import ConfigError
@@ -34,8 +36,9 @@ def run_serve(kafka: KafkaConfig, config: ServeConfig, feast: FeatureStoreConfig
     if config.ssl_certfile:  # likewise a certificate or key that does not load
         check_certificate(config.ssl_certfile, config.ssl_keyfile)
     torch.set_num_threads(config.torch_threads)
+    app = create_app(config, feast, kafka, on_started=tune_for_a_long_running_process)
     server = uvicorn.Server(uvicorn.Config(
-        create_app(config, feast, kafka), host=config.host, port=config.port,
+        app, host=config.host, port=config.port,
         loop="auto", http="auto",  # uvloop and httptools: the fastest installed
         lifespan="on",  # a model or store that cannot be opened stops the start
         access_log=False, server_header=False, log_config=None,  # logs go through limaml's logging
