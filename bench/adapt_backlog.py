@@ -27,7 +27,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from freshness import Stack, process_cpu_s  # bench/, this script's folder
-from limaml.deploy.processes import BOOTSTRAP_VARIABLE, local_kafka, poll
+from limaml.deploy.processes import BOOTSTRAP_VARIABLE, local_kafka, poll, unwind_on_sigterm
 from limaml.deploy.telemetry import parse_metrics, total
 from limaml.stream.records import AdaptRequest
 from limaml.stream.topics import TopicNames, ensure_topics, member_partition
@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20_000, help="adapt requests in the backlog")
     parser.add_argument("--members", type=int, default=5_000, help="members of the synthetic log")
     args = parser.parse_args()
+    unwind_on_sigterm()
     with ExitStack() as exits:
         work = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="limaml-bench-")))
         bootstrap = os.environ.get(BOOTSTRAP_VARIABLE) or exits.enter_context(local_kafka(work / "kafka"))

@@ -43,7 +43,6 @@ import argparse
 import datetime
 import os
 import random
-import signal
 import tempfile
 import threading
 import time
@@ -67,7 +66,7 @@ from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.store import open_feature_store
 from limaml.deploy.processes import (ChildProcess, free_port, local_kafka, poll, restart_stopped_kafka_nodes,
-                              stop_kafka_node)
+                              stop_kafka_node, unwind_on_sigterm)
 from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, TopicNames, ensure_topics
 from limaml.train import TrainConfig, meta_train
 
@@ -341,7 +340,7 @@ def main() -> None:
         faults = [kind for kind in faults if kind != "broker"]
     # SIGTERM ends the run like Ctrl-C, with the summary of the cycles completed (a background
     # job started by a non-interactive shell ignores SIGINT).
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    unwind_on_sigterm()
     rng = random.Random(args.seed)
     dataset = f"synthetic:n_members={args.members},n_items=500,mean_events=20,seed={args.seed}"
 

@@ -33,7 +33,7 @@ from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.embeddings import EmbeddingReader
 from limaml.featurestore.store import open_feature_store
 from limaml.stream.forget import forget_members
-from limaml.deploy.processes import BOOTSTRAP_VARIABLE, local_kafka, poll
+from limaml.deploy.processes import BOOTSTRAP_VARIABLE, local_kafka, poll, unwind_on_sigterm
 from limaml.stream.topics import PRODUCER_PARTITIONER, TopicNames
 
 VICTIM_EVENTS = 6  # more than the stream worker's min_new_signals: adapted at once
@@ -68,6 +68,7 @@ def main() -> None:
     victims = [f"victim-{number}" for number in range(rounds * ROUND_MEMBERS)]
     synthetic = "synthetic:n_members=2000,n_items=1000,seed=11"
 
+    unwind_on_sigterm()
     with ExitStack() as exits:
         work = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="limaml-bench-")))
         bootstrap = os.environ.get(BOOTSTRAP_VARIABLE) or exits.enter_context(local_kafka(work / "kafka"))

@@ -41,7 +41,7 @@ from limaml.featurestore.embeddings import (
     MemberEmbedding,
 )
 from limaml.featurestore.config import FeatureStoreConfig
-from limaml.deploy.processes import local_redis
+from limaml.deploy.processes import local_redis, unwind_on_sigterm
 from limaml.featurestore.store import open_feature_store
 
 
@@ -128,6 +128,7 @@ def main() -> None:
 
     print(f"python {platform.python_version()}, feast {feast.__version__}, {os.cpu_count()} CPUs; "
           f"N={args.members} B={args.batch} meta_dim={args.meta_dim} repeats={args.repeats}")
+    unwind_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="limaml-feast-") as work:
         def run(online_store: str) -> dict[str, float]:
             config = FeatureStoreConfig(repo_dir=Path(work) / online_store.split(":")[0],

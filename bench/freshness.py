@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import tempfile
 import threading
 import time
@@ -52,7 +51,7 @@ from limaml.deploy.telemetry import Buckets, buckets, parse_metrics, quantile, s
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
-from limaml.deploy.processes import BOOTSTRAP_VARIABLE, ChildProcess, free_port, local_kafka, poll
+from limaml.deploy.processes import BOOTSTRAP_VARIABLE, ChildProcess, free_port, local_kafka, poll, unwind_on_sigterm
 from limaml.featurestore.embeddings import MemberEmbedding
 from limaml.stream.metrics import ADAPT_BATCH_SIZE, ADAPT_EMBEDDINGS, ADAPT_SKIPPED_STALE, STREAM_ADAPT_REQUESTS
 from limaml.stream.topics import KafkaConfig, TopicNames
@@ -282,9 +281,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.duration, args.backlog = 20.0, 20_000
-    # SIGTERM (a `kill`, a CI timeout) unwinds like Ctrl-C, so the exit stack stops the broker and
-    # the workers: they run in sessions of their own and outlived a killed run, taking CPU.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    unwind_on_sigterm()
     members = args.members or max(1000, args.backlog // 50)
     synthetic = f"synthetic:n_members={members},n_items=1000,seed=11"
 

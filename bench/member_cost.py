@@ -45,7 +45,7 @@ import psutil
 from confluent_kafka import Consumer, TopicPartition
 
 from freshness import Stack
-from limaml.deploy.processes import BOOTSTRAP_VARIABLE, ChildProcess, local_kafka, poll
+from limaml.deploy.processes import BOOTSTRAP_VARIABLE, ChildProcess, local_kafka, poll, unwind_on_sigterm
 
 EVENTS_PER_MEMBER = 5
 SAMPLE_INTERVAL_S = 0.2
@@ -136,6 +136,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(size) for size in args.members.split(",")]
     results: dict[int, dict[str, float]] = {}
+    unwind_on_sigterm()
     with ExitStack() as exits:
         work = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="limaml-bench-")))
         bootstrap = os.environ.get(BOOTSTRAP_VARIABLE)

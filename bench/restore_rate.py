@@ -35,7 +35,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from limaml.adapters.replay import produce_when_queued
-from limaml.deploy.processes import BOOTSTRAP_VARIABLE, ChildProcess, free_port, local_kafka, poll
+from limaml.deploy.processes import BOOTSTRAP_VARIABLE, ChildProcess, free_port, local_kafka, poll, unwind_on_sigterm
 from limaml.stream.policy import empty_support_set
 from limaml.stream.records import SupportSet
 from limaml.stream.topics import PRODUCER_PARTITIONER, KafkaConfig, member_partition
@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    unwind_on_sigterm()
     with ExitStack() as exits:
         work = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="limaml-restore-")))
         bootstrap = (os.environ.get(BOOTSTRAP_VARIABLE) if args.brokers == 1 else None) or \

@@ -39,7 +39,7 @@ from confluent_kafka import ConsumerGroupState, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from freshness import WARMUP_EVENTS, EmbeddingWatcher, Stack, all_answered, percentiles, summed
-from limaml.deploy.processes import ChildProcess, local_kafka, poll
+from limaml.deploy.processes import ChildProcess, local_kafka, poll, unwind_on_sigterm
 from limaml.stream.topics import TopicNames
 
 BROKERS = 3
@@ -145,6 +145,7 @@ def main() -> None:
     replay_log = f"synthetic:n_members={max(1000, replay_events // 40)},n_items=1000,seed=12"
 
     figures: dict[str, float] = {}
+    unwind_on_sigterm()
     with ExitStack() as exits:
         work = Path(exits.enter_context(tempfile.TemporaryDirectory(prefix="limaml-bench-")))
         bootstrap = exits.enter_context(local_kafka(work / "kafka", brokers=BROKERS))

@@ -47,7 +47,7 @@ from limaml.featurestore.embeddings import EmbeddingWriter, MemberEmbedding
 from limaml.featurestore.profiles import write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
-from limaml.deploy.processes import ChildProcess, free_port, local_redis
+from limaml.deploy.processes import ChildProcess, free_port, local_redis, unwind_on_sigterm
 from limaml.train import TrainConfig, meta_train
 
 TRAIN_LOG = "synthetic:n_members=300,n_items=1000,mean_events=10,seed=11"
@@ -174,6 +174,7 @@ def main() -> None:
 
     print(f"python {platform.python_version()}, {os.cpu_count()} CPUs; N={args.members} "
           f"candidates={args.candidates} C={args.concurrency} D={args.duration:g} s; {args.online_store}")
+    unwind_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="limaml-serve-bench-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         online_store = ("sqlite" if args.online_store == "sqlite"

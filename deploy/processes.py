@@ -159,6 +159,15 @@ def poll(check: Callable[[], T | None], timeout_s: float, what: str, interval_s:
         time.sleep(interval_s)
 
 
+def unwind_on_sigterm() -> None:
+    """SIGTERM (a `kill`, a CI timeout) raises KeyboardInterrupt from now on, as Ctrl-C does,
+    so the caller's `with` blocks stop what it started: the children run in sessions of their
+    own and outlive a parent killed without unwinding (a benchmark's broker and workers then
+    took about a quarter of the CPU from the runs after). For scripts whose main thread owns
+    the children, such as the benchmarks; `limaml up` handles its signals itself."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def signal_group(pid: int, sig: signal.Signals) -> None:
     """Send `sig` to the process group `pid` leads, if it is still there."""
     try:
