@@ -8,7 +8,7 @@ the youngest generation waits for `GC_GEN0_THRESHOLD` new objects instead of 700
 events/s, with the freeze alone, the adaptation worker spent 21 % of its CPU time in
 collections (3,100 of the youngest generation and 22 full ones in 20 s); with the threshold
 too, 5 %. Without the freeze a full collection of the scoring service traverses about
-375,000 objects and holds every request in flight for 150–200 ms on a 2-core VM
+375,000 objects and holds every request in flight for about 200 ms (192–238 ms) on a 2-core VM
 (docs/benchmarks.md).
 """
 
