@@ -38,10 +38,10 @@ from prometheus_client import Histogram
 from limaml.adapt_version import AdaptVersion, AdaptModel
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.featurestore.store import open_feature_store
-from limaml.garbage_collection import freeze_long_lived
 from limaml.featurestore.conditional_write import delete_entities
 from limaml.featurestore.embeddings import JOIN_KEY, VIEW, EmbeddingWriter, MemberEmbedding, stored_is_newer
 from limaml.featurestore.profiles import VIEW as PROFILE_VIEW
+from limaml.garbage_collection import freeze_long_lived
 from limaml.stream.config import AdaptConfig
 from limaml.stream.event_batches import event_batches
 from limaml.stream.faust_client import create_faust_app
