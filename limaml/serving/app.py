@@ -70,9 +70,9 @@ def create_app(config: ServeConfig, feast: FeatureStoreConfig, kafka: KafkaConfi
                                                          metrics)
         poller = asyncio.create_task(poll_active_model(active, config.model_poll_s))
         log.info("serving model %s from %s", active.current.version, config.artifacts_dir)
-        if on_started is not None:
-            on_started()
         try:
+            if on_started is not None:
+                on_started()
             yield
         finally:
             poller.cancel()
