@@ -299,7 +299,7 @@ def main() -> None:
                             limit=min(WARMUP_EVENTS + int(rate * warmup_s), warmup.log.n_events))
 
         print(f"synthetic log of {members:,} members; stream worker --max-staleness-s {args.max_staleness_s:g}")
-        backlog = Stack(bootstrap, synthetic, work, exits, args.max_staleness_s)
+        backlog = Stack(bootstrap, synthetic, work, exits, args.max_staleness_s, serving=False)  # a stream worker only
         backlog.replay(limit=args.backlog)
         raw_s = consume_all(bootstrap, TopicNames(backlog.kafka.topic_prefix).interactions, args.backlog)
         raw_rate = args.backlog / raw_s
