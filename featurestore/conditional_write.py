@@ -17,10 +17,8 @@ stored in Feast's layout (feast 0.67), so `get_online_features` reads them uncha
   written in MULTI/EXEC; a write to any of them in between aborts the EXEC, and the batch is
   read and tested again.
 
-`ConditionalWriter.read` reads stored features of several views keyed by the same join key
-in one step: one SELECT over their tables (SQLite), one pipeline of HMGETs (Redis, where an
-entity's views are fields of one hash). The adaptation workers read a batch's profiles and
-stored (model_version, seq) with it, instead of one `get_online_features` per view.
+The reads before a write (a batch's profiles and stored order) go the same way, straight
+from this layout: `online_read.OnlineRows`.
 
 `delete_entities` erases entities from every view keyed by them, in one atomic step per store:
 a DELETE of their rows in every such table in one transaction (SQLite), a DEL of their hashes,
@@ -30,7 +28,7 @@ which hold all those views' fields (Redis).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,15 +42,16 @@ from feast.infra.online_stores.helpers import (
     compute_table_id,
     compute_versioned_name,
 )
-from feast.infra.online_stores.redis import RedisOnlineStore, RedisType
+from feast.infra.online_stores.redis import RedisType
 from feast.infra.online_stores.sqlite import SqliteOnlineStore, _quote_id
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
-from feast.type_map import feast_value_type_to_python_type
 from feast.utils import make_tzaware, to_naive_utc
 from google.protobuf.timestamp_pb2 import Timestamp
 from redis import Redis, WatchError
+
+from limaml.featurestore.online_read import decode, redis_client
 
 # Row i of the frame and the stored values of the compared features (None: no stored row)
 # -> whether row i may replace it.
@@ -84,8 +83,7 @@ def delete_entities(store: FeatureStore, join_key: str, values: Sequence[str]) -
                    for value in values]
     version = config.entity_key_serialization_version
     if online.type == "redis":
-        nodes, params = RedisOnlineStore._parse_connection_string(online.connection_string)
-        with Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params) as client:
+        with redis_client(config) as client:
             client.delete(*[_redis_key(config.project, key, entity_key_serialization_version=version)
                             for key in entity_keys])
         return
@@ -109,10 +107,6 @@ class ConditionalWriter:
     def __init__(self, store: FeatureStore, view_name: str) -> None:
         self.config: RepoConfig = store.config
         self.view: FeatureView = store.get_feature_view(view_name)
-        self._store = store
-        self._views = {view_name: self.view}
-        """The views read, by name, fetched once: Feast builds a view from the registry at each
-        `get_feature_view` (1.5-1.8 ms, once per adaptation batch before)."""
         self._redis: Redis | None = None
         online = self.config.online_store
         if online.type not in ("sqlite", "redis"):
@@ -125,45 +119,6 @@ class ConditionalWriter:
             raise ValueError(f"conditional writes need a single Redis server (WATCH/MULTI), "
                              f"not redis_type {online.redis_type.value}")
 
-    def read(self, values: Sequence[str], features: Mapping[str, Sequence[str]]) -> dict[str, dict[str, dict[str, Any]]]:
-        """The stored `features` (view name -> feature names; views keyed by this view's join key
-        alone) of the entities whose join key is one of `values`, in one read: entity value ->
-        view name -> feature -> value; a feature with no stored value is left out."""
-        unique = list(dict.fromkeys(values))
-        found: dict[str, dict[str, dict[str, Any]]] = {value: {view: {} for view in features} for value in unique}
-        if not unique or not features:
-            return found
-        [join_key] = [column.name for column in self.view.entity_columns]
-        entity_keys = [EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(string_val=value)])
-                       for value in unique]
-        views = {name: self._feature_view(name) for name in features}
-        if self.config.online_store.type == "sqlite":
-            keys = [serialize_entity_key(key, entity_key_serialization_version=self._key_version)
-                    for key in entity_keys]
-            value_of = dict(zip(keys, unique))
-            selects, parameters = [], []
-            for name, view in views.items():
-                table = _quote_id(compute_table_id(self.config.project, view, self._versioning))
-                selects.append(f"SELECT ?, entity_key, feature_name, value FROM {table} "
-                               f"WHERE entity_key IN ({','.join('?' * len(keys))}) "
-                               f"AND feature_name IN ({','.join('?' * len(features[name]))})")
-                parameters += [name, *keys, *features[name]]
-            with closing(sqlite3.connect(SqliteOnlineStore._get_db_path(self.config))) as db:
-                for name, key, feature, value in db.execute(" UNION ALL ".join(selects), parameters):
-                    found[value_of[key]][name][feature] = _decode(value)
-            return found
-        fields = [(name, feature, _mmh3(f"{compute_versioned_name(view, self._versioning)}:{feature}"))
-                  for name, view in views.items() for feature in features[name]]
-        with self._redis_client().pipeline(transaction=False) as reads:
-            for key in entity_keys:
-                reads.hmget(_redis_key(self.config.project, key, entity_key_serialization_version=self._key_version),
-                            [field for _, _, field in fields])
-            for value, reply in zip(unique, reads.execute()):
-                for (name, feature, _), stored in zip(fields, reply):
-                    if stored is not None:
-                        found[value][name][feature] = _decode(stored)
-        return found
-
     def write_where(self, rows: Sequence[EncodedRow], compared: Sequence[str], accept: Accept) -> list[int]:
         """Write each row (one per entity, every feature of the view) whose entity's stored
         `compared` features `accept` allows; returns the indexes of the rows written."""
@@ -174,12 +129,6 @@ class ConditionalWriter:
         if self.config.online_store.type == "sqlite":
             return self._write_sqlite(keys, rows, compared, accept)
         return self._write_redis(rows, compared, accept)
-
-    def _feature_view(self, name: str) -> FeatureView:
-        view = self._views.get(name)
-        if view is None:
-            view = self._views[name] = self._store.get_feature_view(name, allow_registry_cache=True)
-        return view
 
     @property
     def _key_version(self) -> int:
@@ -202,7 +151,7 @@ class ConditionalWriter:
                     f"SELECT entity_key, feature_name, value FROM {table} "
                     f"WHERE entity_key IN ({','.join('?' * len(keys))}) "
                     f"AND feature_name IN ({','.join('?' * len(compared))})", [*keys, *compared]):
-                stored.setdefault(key, {})[feature] = _decode(value)
+                stored.setdefault(key, {})[feature] = decode(value)
             written = [index for index, key in enumerate(keys)
                        if accept(index, _complete(stored.get(key), compared))]
             upserts = []
@@ -255,20 +204,12 @@ class ConditionalWriter:
 
     def _redis_client(self) -> Redis:
         if self._redis is None:
-            nodes, params = RedisOnlineStore._parse_connection_string(
-                self.config.online_store.connection_string)
-            self._redis = Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params)
+            self._redis = redis_client(self.config)
         return self._redis
 
 
-def _decode(serialized: bytes) -> Any:
-    value = ValueProto()
-    value.ParseFromString(serialized)
-    return feast_value_type_to_python_type(value)
-
-
 def _decode_fields(names: Sequence[str], serialized: list[bytes | None]) -> dict[str, Any]:
-    return {name: _decode(value) for name, value in zip(names, serialized) if value is not None}
+    return {name: decode(value) for name, value in zip(names, serialized) if value is not None}
 
 
 def _complete(stored: dict[str, Any] | None, compared: Sequence[str]) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import replace
 from datetime import datetime
@@ -32,6 +33,7 @@ from limaml.data import InteractionLog
 from limaml.featurestore import embeddings, profiles
 from limaml.featurestore.conditional_write import EncodedRow
 from limaml.featurestore.embeddings import EmbeddingReader, EmbeddingWriter, MemberEmbedding
+from limaml.featurestore.online_read import OnlineRows
 from limaml.featurestore.profiles import read_member_profiles, write_member_profiles
 from limaml.featurestore.config import FeatureStoreConfig
 from limaml.cli import main
@@ -296,6 +298,34 @@ def test_one_read_returns_the_profiles_and_the_stored_order_of_a_batch(store: Fe
     assert not embeddings.stored_is_newer(read[with_profile[0]][embeddings.VIEW], "v2", 5)
     assert not embeddings.stored_is_newer(read[with_profile[0]][embeddings.VIEW], "v3", 1)
     assert not embeddings.stored_is_newer(read["unknown"][embeddings.VIEW], "v1", 0)
+
+
+def test_a_direct_read_returns_what_feasts_read_returns(store: FeatureStore, small_log: InteractionLog) -> None:
+    write_member_profiles(store, small_log)
+    fields = SYNTHETIC_FIELDS.split(",")
+    members = list(small_log.members.tokens[:4])
+    EmbeddingWriter(store, DIM).write([embedding(members[0], seq=3), embedding("no-profile", seq=2, model_version="v2")])
+    asked = [*members, "no-profile", "unknown"]
+    rows = OnlineRows(store, {embeddings.VIEW: embeddings.FEATURES, profiles.VIEW: fields})
+    read = rows.read([*asked, members[0]])
+    assert list(read) == asked  # each member once, in the order asked
+    feast_embeddings, feast_profiles = EmbeddingReader(store).read(asked), read_member_profiles(store, asked)
+    for member in asked:
+        direct = MemberEmbedding.from_row(member, {name: read[member][embeddings.VIEW].get(name)
+                                                   for name in embeddings.FEATURES})
+        expected = feast_embeddings[member]
+        assert (direct is None) == (expected is None)
+        if expected is not None:
+            assert np.array_equal(direct.vector, expected.vector)
+            assert replace(direct, vector=None) == replace(expected, vector=None)
+        assert (read[member][profiles.VIEW] or None) == feast_profiles[member]
+    assert feast_embeddings[members[0]] is not None and feast_profiles[members[0]] is not None
+    assert read["no-profile"][profiles.VIEW] == {} and read["unknown"] == {embeddings.VIEW: {}, profiles.VIEW: {}}
+    # Another thread reads on its own connection, and sees a write made after this thread's read.
+    EmbeddingWriter(store, DIM).write([embedding(members[1], seq=7)])
+    with ThreadPoolExecutor(1) as other:
+        assert other.submit(rows.read, [members[1]]).result()[members[1]][embeddings.VIEW]["seq"] == 7
+    assert rows.read([members[1]])[members[1]][embeddings.VIEW]["seq"] == 7
 
 
 def test_profiles_must_match_the_served_fields(tmp_path: Path, small_log: InteractionLog) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from feast import FeatureStore
 
 from limaml.adapters.registry import load_dataset
 from limaml.artifacts import Artifact, load_artifact, save_artifact
@@ -311,19 +312,21 @@ def test_on_started_is_called_once_the_model_is_open_and_before_the_first_reques
 
 def test_one_online_store_read_per_request(client: TestClient, dataset: InteractionLog,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    store = client.app.state.active.current.lookup.store
+    rows = client.app.state.active.current.lookup.rows
     reads: list[list[str]] = []
-    real = store.get_online_features
+    real = rows.read
 
-    def counted(**kwargs):  # type: ignore[no-untyped-def]
-        reads.append(kwargs["features"])
-        return real(**kwargs)
+    def counted(values: list[str]) -> dict:  # type: ignore[type-arg]
+        reads.append(list(values))
+        return real(values)
 
-    monkeypatch.setattr(store, "get_online_features", counted)
-    score(client, members(dataset)["adapted"], candidates(dataset, MAX_CANDIDATES))
-    assert len(reads) == 1
-    views = {reference.split(":")[0] for reference in reads[0]}
-    assert views == {"member_meta_embedding", "member_profile"}
+    monkeypatch.setattr(rows, "read", counted)
+    monkeypatch.setattr(FeatureStore, "get_online_features", lambda *_, **__: pytest.fail(
+        "the service reads Feast's layout directly, not through get_online_features"))
+    member = members(dataset)["adapted"]
+    assert score(client, member, candidates(dataset, MAX_CANDIDATES))["embedding"]["source"] == "adapted"
+    assert reads == [[member]]
+    assert set(rows.features) == {"member_meta_embedding", "member_profile"}
 
 
 def test_health_metrics_and_openapi(client: TestClient, dataset: InteractionLog, artifact: Artifact) -> None:
